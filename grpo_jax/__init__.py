@@ -1,0 +1,3 @@
+"""grpo_jax: Group Relative Policy Optimization in pure JAX."""
+
+__version__ = "0.1.0"
