@@ -1,0 +1,1 @@
+"""Experiment configs: each module's get_config() states only what differs from grpo_jax.config."""

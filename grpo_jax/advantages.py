@@ -1,0 +1,43 @@
+"""Group-relative advantages.
+
+For prompt b with G completions and rewards r_{b,1..G} (DeepSeekMath, Shao et al. 2024, §4.1.2):
+
+    A_{b,i} = (r_{b,i} - mean_j r_{b,j}) / (std_j r_{b,j} + eps)      scale="group"   (GRPO)
+    A_{b,i} = (r_{b,i} - mean_j r_{b,j}) / (std over all N rewards + eps)   scale="batch"
+    A_{b,i} =  r_{b,i} - mean_j r_{b,j}                                scale="none"    (Dr. GRPO)
+
+The mean is always per group. Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training")
+drops the std division because it up-weights groups that are nearly all right or all wrong;
+"batch" (the Dr. GRPO authors' and TRL's compromise) keeps a scale without that per-question bias.
+`ddof=1` is the unbiased std, as in TRL and the DeepSeek code.
+
+A group whose rewards are all equal has zero centred reward, so its advantage is exactly 0 in every
+mode (the std is 0 and eps keeps the division finite): such prompts carry no learning signal.
+"""
+
+import jax
+import jax.numpy as jnp
+
+SCALES = ("group", "batch", "none")
+
+
+def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group", ddof: int = 1,
+                     eps: float = 1e-4) -> jax.Array:
+    """f32[N] group-major rewards (rows b*G .. b*G+G-1 are prompt b) -> f32[N] advantages."""
+    rewards = jnp.asarray(rewards, jnp.float32)
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must be 1-D [N], got shape {rewards.shape}")
+    (n,) = rewards.shape
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 for group-relative advantages, got {group_size}")
+    if n % group_size:
+        raise ValueError(f"number of rewards N={n} is not a multiple of group_size={group_size}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    grouped = rewards.reshape(n // group_size, group_size)  # [B, G]
+    centred = grouped - grouped.mean(axis=1, keepdims=True)  # [B, G]
+    if scale == "group":
+        centred = centred / (grouped.std(axis=1, ddof=ddof, keepdims=True) + eps)
+    elif scale == "batch":
+        centred = centred / (rewards.std(ddof=ddof) + eps)
+    return centred.reshape(n)  # [N]

@@ -1,0 +1,426 @@
+"""The typed config schema: every default lives here, once.
+
+An experiment is a Python module with `get_config() -> Config` that starts from `Config()` and
+changes only what differs (big_vision / flax-examples convention). The command line adds dotted
+overrides on top:
+
+    python -m grpo_jax.train --config experiments/dapo.py --workdir runs/dapo --config.grpo.beta=0.0
+
+Every section is a slotted dataclass, so assigning a misspelt attribute in an experiment module is
+an AttributeError at once. `validate` checks every field's type and value and raises `ConfigError`
+naming the key and what is allowed, before any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import pathlib
+import types
+import typing
+from typing import Any, Sequence
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+SCALE_REWARDS = ("group", "batch", "none")
+IMPORTANCE_LEVELS = ("token", "sequence")
+TASKS = ("arithmetic", "countdown", "gsm8k", "math500", "svamp")
+PROMPT_STYLES = ("reasoning", "think", "plain")
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("constant", "cosine")
+
+
+class ConfigError(ValueError):
+    """A config key has a wrong name, type or value. The message names the key."""
+
+
+@dataclasses.dataclass(slots=True)
+class ModelSection:
+    # A local Hugging Face directory or a .gguf file. Empty: a random-init model with the
+    # architecture below (the quick start).
+    path: str = ""
+    # Tokenizer: a HF dir / tokenizer.json / .gguf. Empty: the model path's own tokenizer, or the
+    # built-in character tokenizer when path is empty too.
+    tokenizer: str = ""
+    dtype: str = "float32"
+    # Architecture of a random-init model (ignored when `path` is set: the checkpoint says).
+    # vocab_size 0 means "the tokenizer's size".
+    vocab_size: int = 0
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 384
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    attention_bias: bool = True  # Qwen2-style q/k/v bias
+    max_position_embeddings: int = 512
+
+
+@dataclasses.dataclass(slots=True)
+class TaskSection:
+    name: str = "arithmetic"
+    # File or directory of the dataset (gsm8k / math500 / svamp). Not needed for synthetic tasks.
+    data_path: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    prompt_style: str = "reasoning"
+    chat_template: bool = False  # apply the tokenizer's chat template to prompts
+    system_prompt: str = ""
+    # Synthetic tasks.
+    num_digits: int = 2
+    num_numbers: int = 4  # countdown
+    eval_size: int = 500  # held-out problems for eval; 0 = the whole eval split
+
+
+@dataclasses.dataclass(slots=True)
+class RewardSection:
+    # Weights of the verifiers combined into the scalar reward (0 switches one off).
+    correctness: float = 1.0
+    format: float = 0.0
+    # DAPO soft overlong punishment: weight, and the length of the linear ramp before the limit.
+    overlong: float = 0.0
+    overlong_cache: int = 16
+    timeout_seconds: float = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class GRPOSection:
+    group_size: int = 8  # G completions per prompt
+    epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
+    epsilon_high: float | None = None  # upper clip; None = epsilon (DAPO clip-higher sets it)
+    beta: float = 0.04  # k3 KL coefficient; 0 skips the reference model
+    loss_type: str = "grpo"
+    scale_rewards: str = "group"
+    importance_level: str = "token"  # "sequence" = GSPO
+    num_iterations: int = 1  # mu: updates per sampled batch
+    advantage_eps: float = 1e-4
+
+
+@dataclasses.dataclass(slots=True)
+class SamplingSection:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_prompt_length: int = 64
+    max_new_tokens: int = 64
+
+
+@dataclasses.dataclass(slots=True)
+class OptimSection:
+    learning_rate: float = 1e-6
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    b1: float = 0.9
+    b2: float = 0.99
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # clip by global norm; 0 disables (not advised: see README)
+
+
+@dataclasses.dataclass(slots=True)
+class TrainSection:
+    steps: int = 200
+    prompts_per_step: int = 16  # B; the batch is B * G completions
+    num_minibatches: int = 1  # gradient accumulation over the B * G rows
+    seed: int = 0
+    log_every: int = 1
+    eval_every: int = 50  # 0 disables eval
+    eval_batch_size: int = 128
+    pass_k: int = 0  # also report pass@k / maj@k with k samples on eval steps; 0 = off
+    checkpoint_every: int = 50
+    max_checkpoints: int = 3
+    samples_every: int = 50  # completion samples into metrics.jsonl; 0 disables
+
+
+@dataclasses.dataclass(slots=True)
+class SFTSection:
+    steps: int = 0  # supervised warm-start steps before GRPO; 0 skips SFT
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 0
+    eval_every: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class MeshSection:
+    # Device mesh (data x fsdp). -1 on one axis takes all remaining devices.
+    data: int = -1
+    fsdp: int = 1
+
+
+@dataclasses.dataclass(slots=True)
+class Config:
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    task: TaskSection = dataclasses.field(default_factory=TaskSection)
+    rewards: RewardSection = dataclasses.field(default_factory=RewardSection)
+    grpo: GRPOSection = dataclasses.field(default_factory=GRPOSection)
+    sampling: SamplingSection = dataclasses.field(default_factory=SamplingSection)
+    optim: OptimSection = dataclasses.field(default_factory=OptimSection)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    sft: SFTSection = dataclasses.field(default_factory=SFTSection)
+    mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
+
+
+# --------------------------------------------------------------------------------------------
+# Types, overrides, (de)serialisation.
+
+
+def _field_types(section: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(section))
+
+
+def _is_optional(tp: Any) -> bool:
+    return isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _base_type(tp: Any) -> type:
+    if _is_optional(tp):
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    return tp
+
+
+def _type_name(tp: Any) -> str:
+    return f"{_base_type(tp).__name__} or None" if _is_optional(tp) else _base_type(tp).__name__
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Checks `value` against the field type; ints are accepted where floats are expected."""
+    if value is None and _is_optional(tp):
+        return None
+    base = _base_type(tp)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, bool):  # bool is an int subclass: never accept it
+        raise ConfigError(f"config key `{key}` must be an int, got bool {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(
+            f"config key `{key}` must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _parse(key: str, text: str, tp: Any) -> Any:
+    """Parses a command-line string into the field's type."""
+    base = _base_type(tp)
+    if _is_optional(tp) and text.lower() in ("none", "null"):
+        return None
+    try:
+        if base is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(text)
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise ConfigError(
+            f"config key `{key}` must be {_type_name(tp)}, cannot parse {text!r}") from None
+
+
+def _section(config: Config, key: str, name: str) -> Any:
+    sections = [f.name for f in dataclasses.fields(config)]
+    if name not in sections:
+        raise ConfigError(f"unknown config key `{key}`: no section `{name}` (sections: {', '.join(sections)})")
+    return getattr(config, name)
+
+
+def _field(section: Any, key: str, name: str) -> Any:
+    hints = _field_types(section)
+    if name not in hints:
+        raise ConfigError(f"unknown config key `{key}` (valid keys here: {', '.join(hints)})")
+    return hints[name]
+
+
+def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
+    """Applies `a.b=v` strings (the `--config.` prefix already stripped) to a copy of `config`."""
+    config = from_dict(to_dict(config))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"unknown config key `{key}`: keys look like section.key (e.g. grpo.beta)")
+        section = _section(config, key, parts[0])
+        tp = _field(section, key, parts[1])
+        setattr(section, parts[1], _parse(key, text, tp))
+    return config
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Builds a Config from nested dicts (e.g. a workdir's config.json); missing keys take defaults."""
+    config = Config()
+    for name, values in data.items():
+        section = _section(config, name, name)
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section `{name}` must be a mapping, got {type(values).__name__}")
+        for field, value in values.items():
+            key = f"{name}.{field}"
+            setattr(section, field, _coerce(key, value, _field(section, key, field)))
+    return config
+
+
+def config_hash(config: Config) -> str:
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:
+    """Imports an experiment module, calls its `get_config()`, applies overrides, validates."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: no such experiment file {str(path)!r}")
+    spec = importlib.util.spec_from_file_location(f"grpo_jax_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"experiment file {str(path)!r} has no get_config()")
+    config = module.get_config()
+    if not isinstance(config, Config):
+        raise ConfigError(f"{path}: get_config() must return grpo_jax.config.Config, got {type(config).__name__}")
+    config = apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: types everywhere, then values.
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key `{key}` = {value!r} is invalid: must be {allowed}")
+
+
+def mesh_shape(config: Config, num_devices: int) -> tuple[int, int]:
+    """(data, fsdp) with -1 resolved against the device count."""
+    data, fsdp = config.mesh.data, config.mesh.fsdp
+    if data == -1 and fsdp == -1:
+        raise ConfigError("config keys `mesh.data` and `mesh.fsdp` cannot both be -1")
+    if data == -1:
+        data = num_devices // fsdp if fsdp > 0 and num_devices % fsdp == 0 else 0
+    if fsdp == -1:
+        fsdp = num_devices // data if data > 0 and num_devices % data == 0 else 0
+    if data < 1 or fsdp < 1 or data * fsdp != num_devices:
+        raise ConfigError(
+            f"config keys `mesh.data` x `mesh.fsdp` = {config.mesh.data} x {config.mesh.fsdp} must "
+            f"multiply to the number of devices ({num_devices})")
+    return data, fsdp
+
+
+def validate(config: Config, *, num_devices: int | None = None) -> Config:
+    """Raises ConfigError naming the first bad key. With `num_devices`, checks the mesh too."""
+    for section in dataclasses.fields(config):
+        sec = getattr(config, section.name)
+        for name, tp in _field_types(sec).items():
+            key = f"{section.name}.{name}"
+            setattr(sec, name, _coerce(key, getattr(sec, name), tp))
+    m, t, r, g, s, o, tr, sft = (config.model, config.task, config.rewards, config.grpo,
+                                 config.sampling, config.optim, config.train, config.sft)
+    _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
+    for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "intermediate_size", "max_position_embeddings"):
+        _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+    _check(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, ">= 0 (0 = the tokenizer's size)")
+    _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", m.num_kv_heads,
+           f"a divisor of model.num_heads ({m.num_heads})")
+    _check(t.name in TASKS, "task.name", t.name, f"one of {TASKS}")
+    _check(t.prompt_style in PROMPT_STYLES, "task.prompt_style", t.prompt_style, f"one of {PROMPT_STYLES}")
+    _check(t.name not in ("gsm8k", "math500", "svamp") or bool(t.data_path), "task.data_path",
+           t.data_path, f"the dataset's file or directory for task {t.name!r}")
+    _check(t.num_digits >= 1, "task.num_digits", t.num_digits, ">= 1")
+    _check(t.eval_size >= 0, "task.eval_size", t.eval_size, ">= 0")
+    for key in ("correctness", "format", "overlong"):
+        _check(getattr(r, key) >= 0, f"rewards.{key}", getattr(r, key), ">= 0")
+    _check(r.timeout_seconds > 0, "rewards.timeout_seconds", r.timeout_seconds, "> 0")
+    _check(g.group_size >= 2, "grpo.group_size", g.group_size,
+           ">= 2 (group-relative advantages need at least two completions per prompt)")
+    _check(g.epsilon > 0, "grpo.epsilon", g.epsilon, "> 0")
+    _check(g.epsilon_high is None or g.epsilon_high > 0, "grpo.epsilon_high", g.epsilon_high,
+           "> 0 or None (None = grpo.epsilon)")
+    _check(g.beta >= 0, "grpo.beta", g.beta, ">= 0")
+    _check(g.loss_type in LOSS_TYPES, "grpo.loss_type", g.loss_type, f"one of {LOSS_TYPES}")
+    _check(g.scale_rewards in SCALE_REWARDS, "grpo.scale_rewards", g.scale_rewards, f"one of {SCALE_REWARDS}")
+    _check(g.importance_level in IMPORTANCE_LEVELS, "grpo.importance_level", g.importance_level,
+           f"one of {IMPORTANCE_LEVELS}")
+    _check(g.num_iterations >= 1, "grpo.num_iterations", g.num_iterations, ">= 1")
+    _check(g.advantage_eps > 0, "grpo.advantage_eps", g.advantage_eps, "> 0")
+    _check(s.temperature >= 0, "sampling.temperature", s.temperature, ">= 0 (0 = greedy)")
+    _check(s.top_k >= 0, "sampling.top_k", s.top_k, ">= 0 (0 = off)")
+    _check(0 < s.top_p <= 1, "sampling.top_p", s.top_p, "in (0, 1]")
+    _check(s.max_new_tokens >= 1, "sampling.max_new_tokens", s.max_new_tokens, ">= 1")
+    _check(s.max_prompt_length >= 1, "sampling.max_prompt_length", s.max_prompt_length, ">= 1")
+    _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
+    _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {SCHEDULES}")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
+    _check(0 <= o.b1 < 1, "optim.b1", o.b1, "in [0, 1)")
+    _check(0 <= o.b2 < 1, "optim.b2", o.b2, "in [0, 1)")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
+    _check(o.max_grad_norm >= 0, "optim.max_grad_norm", o.max_grad_norm, ">= 0 (0 = no clipping)")
+    _check(tr.steps >= 0, "train.steps", tr.steps, ">= 0")
+    _check(tr.prompts_per_step >= 1, "train.prompts_per_step", tr.prompts_per_step, ">= 1")
+    _check(tr.num_minibatches >= 1, "train.num_minibatches", tr.num_minibatches, ">= 1")
+    rows = tr.prompts_per_step * g.group_size
+    _check(rows % tr.num_minibatches == 0, "train.num_minibatches", tr.num_minibatches,
+           f"a divisor of train.prompts_per_step * grpo.group_size = {rows}")
+    for key in ("log_every", "max_checkpoints", "eval_batch_size"):
+        _check(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), ">= 1")
+    for key in ("eval_every", "checkpoint_every", "samples_every", "pass_k"):
+        _check(getattr(tr, key) >= 0, f"train.{key}", getattr(tr, key), ">= 0 (0 = off)")
+    _check(sft.steps >= 0, "sft.steps", sft.steps, ">= 0")
+    _check(sft.batch_size >= 1, "sft.batch_size", sft.batch_size, ">= 1")
+    _check(sft.learning_rate > 0, "sft.learning_rate", sft.learning_rate, "> 0")
+    for key in ("data", "fsdp"):
+        value = getattr(config.mesh, key)
+        _check(value == -1 or value >= 1, f"mesh.{key}", value, ">= 1, or -1 for all remaining devices")
+    if num_devices is not None:
+        data, fsdp = mesh_shape(config, num_devices)
+        shards = data * fsdp
+        _check(rows // tr.num_minibatches % shards == 0, "train.prompts_per_step", tr.prompts_per_step,
+               f"such that prompts_per_step * grpo.group_size / train.num_minibatches "
+               f"({rows} / {tr.num_minibatches}) is divisible by the mesh's {shards} devices "
+               f"(mesh.data={data} x mesh.fsdp={fsdp})")
+        _check(sft.batch_size % shards == 0, "sft.batch_size", sft.batch_size,
+               f"divisible by the mesh's {shards} devices")
+        _check(tr.eval_batch_size % shards == 0, "train.eval_batch_size", tr.eval_batch_size,
+               f"divisible by the mesh's {shards} devices")
+    return config
+
+
+def parse_command_line(argv: Sequence[str]) -> tuple[Config, str]:
+    """`--config PATH --workdir DIR [--config.a.b=v ...]` -> (validated Config, workdir)."""
+    path = workdir = None
+    overrides = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("--config."):
+            item = arg[len("--config."):]
+            if "=" not in item:
+                if not args:
+                    raise ConfigError(f"{arg} needs a value")
+                item = f"{item}={args.pop(0)}"
+            overrides.append(item)
+        elif arg in ("--config", "--workdir"):
+            if not args:
+                raise ConfigError(f"{arg} needs a value")
+            value = args.pop(0)
+            path, workdir = (value, workdir) if arg == "--config" else (path, value)
+        elif arg.startswith("--config=") or arg.startswith("--workdir="):
+            flag, value = arg.split("=", 1)
+            path, workdir = (value, workdir) if flag == "--config" else (path, value)
+        else:
+            raise ConfigError(f"unknown argument {arg!r}: expected --config PATH --workdir DIR "
+                              f"[--config.section.key=value ...]")
+    if path is None or workdir is None:
+        raise ConfigError("usage: --config experiments/NAME.py --workdir runs/NAME [--config.section.key=value ...]")
+    return load_config(path, overrides), workdir

@@ -1,0 +1,83 @@
+"""Group-relative advantages on hand-computed numbers, and properties."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grpo_jax.advantages import group_advantages
+
+# Two groups of G = 4: group 0 has one success, group 1 is all successes.
+REWARDS = jnp.array([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_group_scale_hand_computed():
+    # Group 0: mean 0.25, unbiased std sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5.
+    adv = np.asarray(group_advantages(REWARDS, 4, eps=1e-4))
+    np.testing.assert_allclose(adv[:4], np.array([0.75, -0.25, -0.25, -0.25]) / 0.5001, rtol=1e-6)
+    # All-equal group: exactly zero, not NaN.
+    assert np.all(adv[4:] == 0.0)
+
+
+def test_group_scale_ddof0():
+    # Biased std of group 0: sqrt((0.75^2 + 3 * 0.25^2) / 4) = sqrt(3) / 4.
+    adv = np.asarray(group_advantages(REWARDS, 4, ddof=0, eps=0.0))
+    np.testing.assert_allclose(adv[0], 0.75 / (math.sqrt(3) / 4), rtol=1e-6)
+
+
+def test_batch_scale_hand_computed():
+    # Std over all 8 rewards (five 1s, three 0s), ddof 1: sqrt(1.875 / 7).
+    adv = np.asarray(group_advantages(REWARDS, 4, scale="batch", eps=1e-4))
+    std = math.sqrt(1.875 / 7)
+    np.testing.assert_allclose(adv[:4], np.array([0.75, -0.25, -0.25, -0.25]) / (std + 1e-4), rtol=1e-6)
+    assert np.all(adv[4:] == 0.0)
+
+
+def test_none_scale_is_centering_only():
+    adv = np.asarray(group_advantages(REWARDS, 4, scale="none"))
+    np.testing.assert_allclose(adv, [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0], atol=1e-7)
+
+
+def test_all_equal_rewards_everywhere_give_zero_not_nan():
+    for scale in ("group", "batch", "none"):
+        adv = np.asarray(group_advantages(jnp.full((6,), 0.7), 3, scale=scale))
+        assert np.all(adv == 0.0), scale
+
+
+@pytest.mark.parametrize("rewards, g, match", [
+    (jnp.zeros(8), 1, "group_size must be >= 2"),
+    (jnp.zeros(7), 2, "N=7 is not a multiple of group_size=2"),
+    (jnp.zeros((2, 4)), 2, "1-D"),
+])
+def test_bad_shapes_raise_with_numbers(rewards, g, match):
+    with pytest.raises(ValueError, match=match):
+        group_advantages(rewards, g)
+
+
+def test_unknown_scale_raises():
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(REWARDS, 4, scale="std")
+
+
+reward_lists = st.integers(2, 6).flatmap(
+    lambda g: st.tuples(st.just(g), st.lists(st.floats(-10, 10, width=32), min_size=g, max_size=6 * g)
+                        .map(lambda r: r[: len(r) // g * g])))
+
+
+@settings(max_examples=80, deadline=None)
+@given(reward_lists, st.sampled_from(["group", "batch", "none"]))
+def test_properties(gr, scale):
+    g, rewards = gr
+    rewards = np.array(rewards, np.float32)
+    adv = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=scale)).reshape(-1, g)
+    assert np.all(np.isfinite(adv))
+    # Centred per group (the baseline is the group mean) ...
+    np.testing.assert_allclose(adv.mean(axis=1), 0.0, atol=1e-3 * (1 + np.abs(adv).max()))
+    # ... and order-preserving within the group: a better completion never gets less advantage.
+    grouped = rewards.reshape(-1, g)
+    for r, a in zip(grouped, adv):
+        order = np.argsort(r, kind="stable")
+        assert np.all(np.diff(a[order]) >= -1e-5 * (1 + np.abs(a).max()))

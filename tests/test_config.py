@@ -1,0 +1,119 @@
+"""Config schema: defaults, overrides, validation errors that name the key, experiment loading."""
+
+import json
+import pathlib
+
+import pytest
+
+from grpo_jax import config as cfg
+from grpo_jax.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict, validate
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_defaults_follow_the_papers():
+    c = validate(Config())
+    assert (c.grpo.group_size, c.grpo.epsilon, c.grpo.beta) == (8, 0.2, 0.04)
+    assert (c.grpo.loss_type, c.grpo.scale_rewards, c.grpo.epsilon_high) == ("grpo", "group", None)
+
+
+def test_overrides_parse_types():
+    c = apply_overrides(Config(), ["grpo.beta=0", "grpo.epsilon_high=0.28", "train.steps=7",
+                                   "model.tie_embeddings=false", "grpo.loss_type=bnpo",
+                                   "grpo.epsilon_high=None"])
+    assert c.grpo.beta == 0.0 and isinstance(c.grpo.beta, float)
+    assert c.train.steps == 7 and c.model.tie_embeddings is False
+    assert c.grpo.loss_type == "bnpo" and c.grpo.epsilon_high is None
+    assert Config().grpo.beta == 0.04  # overrides work on a copy
+
+
+@pytest.mark.parametrize("override, match", [
+    ("grpo.betta=0.1", r"unknown config key `grpo.betta`.*beta"),
+    ("grpoo.beta=0.1", r"unknown config key `grpoo.beta`.*sections"),
+    ("beta=0.1", r"section.key"),
+    ("train.steps=ten", r"`train.steps` must be int"),
+    ("model.tie_embeddings=maybe", r"`model.tie_embeddings` must be bool"),
+    ("grpo.beta", r"section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(Config(), [override])
+
+
+@pytest.mark.parametrize("override, match", [
+    ("grpo.group_size=1", r"`grpo.group_size` = 1 .* >= 2"),
+    ("grpo.epsilon=0", r"`grpo.epsilon` = 0.0 .* > 0"),
+    ("grpo.epsilon=-0.1", r"`grpo.epsilon`"),
+    ("grpo.beta=-0.01", r"`grpo.beta` = -0.01 .* >= 0"),
+    ("grpo.loss_type=ppo", r"`grpo.loss_type` = 'ppo' .*'grpo', 'bnpo', 'dr_grpo'"),
+    ("grpo.scale_rewards=std", r"`grpo.scale_rewards`.*'group', 'batch', 'none'"),
+    ("grpo.importance_level=row", r"`grpo.importance_level`"),
+    ("sampling.top_p=0", r"`sampling.top_p`"),
+    ("task.name=gsm8k", r"`task.data_path`"),
+    ("train.num_minibatches=3", r"`train.num_minibatches` = 3 .* 128"),
+    ("model.num_kv_heads=3", r"`model.num_kv_heads`"),
+])
+def test_invalid_values_name_key_and_allowed(override, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(apply_overrides(Config(), [override]))
+
+
+def test_mesh_validation():
+    c = Config()
+    assert cfg.mesh_shape(c, 8) == (8, 1)
+    c.mesh.data, c.mesh.fsdp = 4, 2
+    validate(c, num_devices=8)
+    with pytest.raises(ConfigError, match=r"`mesh.data` x `mesh.fsdp` = 4 x 2 .* \(4\)"):
+        validate(c, num_devices=4)
+    c.mesh.data, c.mesh.fsdp = 1, -1
+    assert cfg.mesh_shape(c, 8) == (1, 8)
+    # 16 prompts x G = 8 = 128 rows: not divisible by 3 devices.
+    c.mesh.data, c.mesh.fsdp = 3, 1
+    with pytest.raises(ConfigError, match=r"`train.prompts_per_step`.*divisible by the mesh's 3 devices"):
+        validate(c, num_devices=3)
+
+
+def test_wrong_type_in_module_is_caught():
+    c = Config()
+    c.grpo.group_size = 8.0  # a float where an int belongs
+    with pytest.raises(ConfigError, match=r"`grpo.group_size` must be int"):
+        validate(c)
+    c = Config()
+    c.train.steps = True
+    with pytest.raises(ConfigError, match=r"`train.steps` must be an int, got bool"):
+        validate(c)
+    with pytest.raises(AttributeError):
+        Config().grpo.betta = 0.1  # slotted dataclasses: a misspelt field fails at once
+
+
+def test_json_round_trip():
+    c = apply_overrides(Config(), ["grpo.epsilon_high=0.28", "model.path=x"])
+    again = from_dict(json.loads(json.dumps(to_dict(c))))
+    assert again == c
+    assert cfg.config_hash(again) == cfg.config_hash(c)
+    with pytest.raises(ConfigError, match="unknown config key `grpo.foo`"):
+        from_dict({"grpo": {"foo": 1}})
+
+
+def test_experiment_modules_load_and_validate():
+    names = sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.stem != "__init__")
+    assert {"base", "deepseekmath", "r1", "dapo", "dr_grpo", "gspo"} <= set(names)
+    for name in names:
+        overrides = ["task.data_path=unused"] if name.startswith(("gsm8k", "smollm2")) else []
+        load_config(EXPERIMENTS / f"{name}.py", overrides)
+
+
+def test_command_line(tmp_path):
+    c, workdir = cfg.parse_command_line(["--config", str(EXPERIMENTS / "dapo.py"), "--workdir", "w",
+                                         "--config.grpo.beta=0.01", "--config.train.steps", "3"])
+    assert (workdir, c.grpo.beta, c.train.steps, c.grpo.epsilon_high) == ("w", 0.01, 3, 0.28)
+    with pytest.raises(ConfigError, match="no such experiment file"):
+        cfg.parse_command_line(["--config", str(tmp_path / "nope.py"), "--workdir", "w"])
+    with pytest.raises(ConfigError, match="usage"):
+        cfg.parse_command_line(["--config", str(EXPERIMENTS / "base.py")])
+    with pytest.raises(ConfigError, match="unknown argument"):
+        cfg.parse_command_line(["--cfg", "x"])
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config():\n    return {}\n")
+    with pytest.raises(ConfigError, match="must return grpo_jax.config.Config"):
+        cfg.parse_command_line(["--config", str(bad), "--workdir", "w"])
