@@ -196,8 +196,12 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
     return x, layer_cache
 
 
-def _logits(config: ModelConfig, params: dict, x: jax.Array) -> jax.Array:
-    """Final norm + LM head; the head matmul accumulates (and returns) in f32 even for bf16 params."""
+def lm_head(config: ModelConfig, params: dict, x: jax.Array) -> jax.Array:
+    """Final norm + LM head: hidden [B, L, D] -> logits f32[B, L, V] (f32 accumulation for bf16 params).
+
+    Split from the body so callers that need logits at only some positions (grpo_jax.sampling's
+    completion_logps) can slice the hidden states first and skip the V-wide matmul elsewhere.
+    """
     x = rms_norm(x, params["norm"]["scale"], eps=config.rms_norm_eps)
     if config.tie_embeddings:
         return jnp.einsum("bld,vd->blv", x, params["embed_tokens"]["embedding"],
@@ -212,6 +216,11 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
 
 def apply(config: ModelConfig, params: dict, tokens: jax.Array, *, attention_mask=None) -> jax.Array:
     """Full (no-cache) forward: tokens i32[B, L], attention_mask [B, L] (1 = real) -> logits f32[B, L, V]."""
+    return lm_head(config, params, hidden_states(config, params, tokens, attention_mask=attention_mask))
+
+
+def hidden_states(config: ModelConfig, params: dict, tokens: jax.Array, *, attention_mask=None) -> jax.Array:
+    """The decoder body of `apply` (before the final norm): tokens i32[B, L] -> hidden [B, L, D]."""
     b, l = tokens.shape
     if attention_mask is None:
         attention_mask = jnp.ones((b, l), jnp.int32)
@@ -222,7 +231,7 @@ def apply(config: ModelConfig, params: dict, tokens: jax.Array, *, attention_mas
     x = params["embed_tokens"]["embedding"][tokens]
     for p in params["layers"]:  # unrolled on purpose: see the module docstring
         x, _ = _block(config, p, x, positions, mask, None, None)
-    return _logits(config, params, x)
+    return x
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> list:
@@ -249,4 +258,4 @@ def apply_with_cache(config: ModelConfig, params: dict, tokens: jax.Array, posit
     for p, layer_cache in zip(params["layers"], cache):  # unrolled: per-layer in-place cache updates
         x, layer_cache = _block(config, p, x, positions, mask, layer_cache, cache_index)
         new_cache.append(layer_cache)
-    return _logits(config, params, x), new_cache
+    return lm_head(config, params, x), new_cache
