@@ -1,0 +1,232 @@
+"""metrics.jsonl, TensorBoard events and a progress bar for one run's workdir.
+
+`workdir/metrics.jsonl` holds one JSON object per line, of two kinds:
+  scalar rows   {"step": 12, "reward_mean": 0.41, "loss": ..., ...}      (`MetricsWriter.write`)
+  sample rows   {"step": 12, "sample": "completion_0", "text": "..."}    (`MetricsWriter.write_text`)
+A sample row is told apart by its "sample" key; `read_metrics` returns the scalar rows by default
+so "one object per step" holds for readers, and `kind="samples"` gives the completion samples.
+
+Non-finite numbers: JSON has no NaN, so NaN / +inf / -inf are written as the strings "NaN",
+"Infinity", "-Infinity" (the spellings Python's json and JavaScript use) rather than null, so a
+NaN loss stays distinguishable from a missing metric; `read_metrics` turns them back into floats
+(so a string-valued scalar that reads exactly "NaN" would come back as a float: don't log one).
+
+Crash safety: every write is flushed and fsynced, so a crash loses at most the line being written;
+a truncated last line (crash mid-write) is dropped when the file is next opened or read. Resuming
+from the checkpoint at step k (`resume_step=k`) drops the rows a crashed run wrote after step k,
+by rewriting the file to a temporary and `os.replace`-ing it, so a resumed run's metrics.jsonl is
+row for row what a straight run writes. TensorBoard is told the same through `purge_step`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def fetch(tree) -> Any:
+    """Device scalars -> Python numbers, in ONE `jax.device_get` for the whole (nested) dict.
+
+    Floating values become `float`, integers `int`, booleans `bool`. A non-scalar leaf is a
+    ValueError naming its key: metrics are scalars, and a silent `.mean()` would hide a bug.
+    """
+    host = jax.device_get(tree)
+
+    def leaf(path, x):
+        if isinstance(x, (bool, int, float, str)) or x is None:
+            return x
+        a = np.asarray(x)
+        if a.ndim != 0:
+            raise ValueError(f"metric {jax.tree_util.keystr(path)} is not a scalar: shape {a.shape}")
+        v = a.reshape(()).item()
+        if a.dtype.kind == "f":
+            return float(v)
+        return v  # int / bool from .item() already
+
+    return jax.tree_util.tree_map_with_path(leaf, host)
+
+
+def _encode(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def _decode_row(row: dict) -> dict:
+    if "sample" in row:
+        return row  # text is text, even if it reads "NaN"
+    return {k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()}
+
+
+def _parse_lines(path: pathlib.Path) -> tuple[list[tuple[str, dict]], bool]:
+    """[(raw line, record)] of the complete lines, and whether a truncated last line was dropped.
+
+    Only the LAST line may be partial (a crash mid-write). Any other unparsable line means the file
+    is damaged in a way we did not cause: raise rather than silently drop data.
+    """
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    # After the final "\n" split leaves "" ; anything else there is an unterminated last line.
+    tail, lines = lines[-1], lines[:-1]
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({e}): {line[:80]!r}") from e
+        if not isinstance(record, dict) or "step" not in record:
+            raise ValueError(f"{path}: line {number} is not a metrics record with a 'step': {line[:80]!r}")
+        out.append((line, record))
+    return out, bool(tail.strip())
+
+
+def read_metrics(path, *, kind: str = "scalars") -> list[dict]:
+    """Rows of a metrics.jsonl (or of `path/metrics.jsonl` when `path` is a workdir).
+
+    `kind`: "scalars" (default, one row per logged step), "samples" (completion samples) or "all"
+    (both, in file order). Non-finite strings come back as floats; a truncated last line is dropped.
+    """
+    if kind not in ("scalars", "samples", "all"):
+        raise ValueError(f"read_metrics: kind must be 'scalars', 'samples' or 'all', got {kind!r}")
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    rows = [_decode_row(record) for _, record in _parse_lines(path)[0]]
+    if kind == "scalars":
+        return [r for r in rows if "sample" not in r]
+    if kind == "samples":
+        return [r for r in rows if "sample" in r]
+    return rows
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair(path: pathlib.Path, resume_step: int | None) -> None:
+    """Drops a truncated last line and, when resuming, every row with step > resume_step.
+
+    Rewrites through a temporary file + os.replace, so a crash here leaves either the old file or
+    the new one, never a mixture. Does nothing (no rewrite) when nothing would change.
+    """
+    if not path.exists():
+        return
+    records, truncated = _parse_lines(path)
+    keep = [line for line, record in records if resume_step is None or record["step"] <= resume_step]
+    if not truncated and len(keep) == len(records):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in keep))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class MetricsWriter:
+    """Appends scalar rows / text samples to workdir/metrics.jsonl, TensorBoard and a tqdm bar.
+
+    `resume_step=k`: the run resumes from the checkpoint at step k; rows with step > k are removed
+    first (a run starting over from scratch in a used workdir passes 0). `resume_step=None`
+    appends to whatever is there. `progress`: None shows the bar only when stderr is a terminal.
+    `is_primary`: only one process of a multi-process run writes (default: jax.process_index() == 0);
+    the others get a writer that does nothing.
+    """
+
+    def __init__(self, workdir, *, tensorboard: bool = True, progress_total: int | None = None,
+                 resume_step: int | None = None, progress: bool | None = None,
+                 is_primary: bool | None = None):
+        self.workdir = pathlib.Path(workdir)
+        self.path = self.workdir / METRICS_FILE
+        self.is_primary = jax.process_index() == 0 if is_primary is None else bool(is_primary)
+        self._file = self._tb = self._bar = None
+        if not self.is_primary:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _repair(self.path, resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            # purge_step makes TensorBoard discard events a crashed run logged after the checkpoint.
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(logdir=str(self.workdir / TB_DIR), purge_step=purge)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=progress_total, initial=resume_step or 0, unit="step", dynamic_ncols=True)
+
+    def _append(self, record: dict) -> None:
+        line = json.dumps(record, allow_nan=False)
+        self._file.write(line + "\n")
+        # flush + fsync per record: a crash loses at most the line being written.
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def write(self, step: int, scalars: dict) -> dict:
+        """Logs `{"step": step, **scalars}`; device arrays are fetched in one transfer. Returns the row."""
+        step = int(step)
+        values = fetch(dict(scalars))
+        for key, v in values.items():
+            if isinstance(v, dict):
+                raise ValueError(f"metrics at step {step}: {key!r} is a dict; flatten it (e.g. 'eval/{key}')")
+        if "step" in values or "sample" in values:
+            raise ValueError(f"metrics at step {step}: 'step' and 'sample' are reserved keys")
+        row = {"step": step, **values}
+        if not self.is_primary:
+            return row
+        self._append({k: _encode(v) for k, v in row.items()})
+        if self._tb is not None:
+            for key, v in values.items():
+                if isinstance(v, (int, float)):  # bools too; strings are JSON-only
+                    self._tb.add_scalar(key, float(v), step)
+            self._tb.flush()
+        if self._bar is not None:
+            shown = {k: f"{values[k]:.4g}" for k in ("reward_mean", "kl") if isinstance(values.get(k), (int, float))}
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.update(max(0, step - self._bar.n))
+        return row
+
+    def write_text(self, step: int, name: str, text: str) -> None:
+        """Logs a completion sample as `{"step": step, "sample": name, "text": text}` (+ TB text)."""
+        if not self.is_primary:
+            return
+        self._append({"step": int(step), "sample": str(name), "text": str(text)})
+        if self._tb is not None:
+            self._tb.add_text(str(name), str(text), int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._file is not None:
+            self._file.close()
+        self._file = self._tb = self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
