@@ -1,0 +1,50 @@
+"""Synthetic arithmetic, the quick-start task: "What is 12+35?" -> "47".
+
+`example(seed, index)` is a pure function: operands come from a hash of (seed, split, settings,
+index, attempt) (`stable_ints`), so example i never depends on examples before it and any run can
+resume at any index.
+
+Held-out split: a problem is in "eval" iff the hash of its UNORDERED operand pair {a, b} (seed and
+operator ignored) falls in bucket 0 of 10 (`in_eval_split`); "train" rejects those pairs and "eval"
+accepts only them (rejection sampling over attempts). So, for every seed and operator set, no (a, b)
+pair, nor its swap (b, a), appears in both splits; about 10% of all pairs are held out.
+"""
+from __future__ import annotations
+
+from grpo_jax.tasks import Example, in_eval_split, stable_ints
+
+OPS = "+-*"
+SPLITS = ("train", "eval")
+_MAX_ATTEMPTS = 10_000  # eval accepts ~1 draw in 10; only a degenerate pool can exhaust this
+
+
+def example(
+    seed: int, index: int, *, num_digits: int = 2, ops: str = "+", split: str = "train"
+) -> Example:
+    """Problem `index` of `split` for `seed`: operands with exactly `num_digits` digits, an
+    operator drawn from `ops` (any of "+-*"). answer = the integer result; meta["reasoning"] is
+    the one-line working "12+35=47" (for SFT targets)."""
+    if not isinstance(num_digits, int) or num_digits < 1:
+        raise ValueError(f"num_digits must be an int >= 1, got {num_digits!r}")
+    if not ops or any(op not in OPS for op in ops):
+        raise ValueError(f"ops must be a non-empty string of {OPS!r}, got {ops!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    low = 1 if num_digits == 1 else 10 ** (num_digits - 1)
+    span = 10**num_digits - low
+    for attempt in range(_MAX_ATTEMPTS):
+        u = stable_ints(("arithmetic", seed, split, num_digits, ops, index, attempt), 3)
+        a, b, op = low + u[0] % span, low + u[1] % span, ops[u[2] % len(ops)]
+        if in_eval_split(("arithmetic", num_digits, min(a, b), max(a, b))) == (split == "eval"):
+            break
+    else:
+        raise ValueError(f"no {split} problem found for {num_digits=} {ops=} after {_MAX_ATTEMPTS} draws")
+    result = a + b if op == "+" else a - b if op == "-" else a * b
+    problem = f"{a}{op}{b}"
+    return Example(
+        prompt=f"What is {problem}?",
+        answer=str(result),
+        meta={"id": f"arithmetic/{split}/{seed}/{index}", "a": a, "b": b, "op": op, "reasoning": f"{problem}={result}"},
+    )
