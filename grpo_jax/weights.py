@@ -1,0 +1,386 @@
+"""Checkpoints <-> params: Hugging Face safetensors directories (load and save) and GGUF (load).
+
+The param layout is the one `grpo_jax.model` documents. Names map one to one, by rule:
+    params path ("layers", 3, "self_attn", "q_proj", "kernel")  <->  HF "model.layers.3.self_attn.q_proj.weight"
+    ("lm_head", "kernel") <-> "lm_head.weight" (no "model." prefix); kernel / scale / embedding <-> weight.
+Kernels are stored [in, out]: the transpose of torch's Linear.weight [out, in].
+
+Loading walks the abstract param tree of `model.init_params` (the single source of truth for names
+and shapes), checks every checkpoint tensor's name and shape before reading any data, then reads one
+tensor at a time into host memory, casts / transposes it there and places it on its devices at once
+(`jax.device_put(arr, sharding)` with `sharding.param_shardings` when a mesh is given): the whole
+model never exists twice in host memory.
+
+GGUF (llama.cpp): llama.cpp's converter permutes the rows of attn_q / attn_k within each head from
+HF's rotate_half RoPE layout (first half of head_dim = real parts, second half = imaginary parts) to
+its interleaved layout (re, im, re, im, ...); `_unpermute_rope_rows` undoes exactly that permutation.
+Quantised tensors are dequantised to f32 with `gguf.quants.dequantize`, whose output is in HF's
+[out, in] order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_jax.model import ModelConfig, init_params
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+_SAFETENSORS = "model.safetensors"
+_INDEX = "model.safetensors.index.json"
+# Buffers some older checkpoints carry; recomputed by the model, so skipped when present.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+# --------------------------------------------------------------------------- names and layout
+
+
+def _hf_name(keypath) -> tuple[str, bool]:
+    """Param key path -> (HF tensor name, whether the array is transposed relative to HF)."""
+    keys = [str(k.key) if hasattr(k, "key") else str(k.idx) for k in keypath]
+    leaf = keys[-1]
+    keys[-1] = "bias" if leaf == "bias" else "weight"  # kernel / scale / embedding are all "weight"
+    name = ".".join(keys)
+    return (name if keys[0] == "lm_head" else "model." + name), leaf == "kernel"
+
+
+_GGUF_MODULES = {
+    "embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
+}
+
+
+def _gguf_name(keypath) -> str:
+    """Param key path -> llama.cpp tensor name, e.g. ("layers", 0, "self_attn", "q_proj", "kernel") -> blk.0.attn_q.weight."""
+    keys = [k.key if hasattr(k, "key") else k.idx for k in keypath]
+    suffix = "bias" if keys[-1] == "bias" else "weight"
+    if keys[0] == "layers":
+        return f"blk.{keys[1]}.{_GGUF_MODULES[keys[-2]]}.{suffix}"
+    return f"{_GGUF_MODULES[keys[0]]}.{suffix}"
+
+
+def _abstract_params(config: ModelConfig):
+    """Shapes and dtypes of the param tree, without allocating it."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def _dtype_name(dtype) -> str:
+    name = jnp.dtype(dtype).name
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype {name!r} is not supported: use jnp.float32 or jnp.bfloat16")
+    return name
+
+
+def _build(config: ModelConfig, mesh, read):
+    """The param tree, leaf by leaf: `read(keypath, abstract_leaf)` -> host array in the final layout.
+
+    Each leaf is cast on the host and placed straight onto its target sharding (or the default
+    device), so only one tensor at a time lives in host memory beyond the checkpoint file itself.
+    """
+    abstract = _abstract_params(config)
+    if mesh is not None:
+        from grpo_jax import sharding  # imported here: only mesh placement needs it
+
+        shardings = sharding.param_shardings(mesh, abstract)
+    else:
+        shardings = jax.tree.map(lambda _: None, abstract)
+
+    def place(keypath, leaf, target):
+        arr = np.asarray(read(keypath, leaf), dtype=leaf.dtype)
+        return jax.device_put(arr, target) if target is not None else jnp.asarray(arr)
+
+    return jax.tree_util.tree_map_with_path(place, abstract, shardings)
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def _config_from_hf(hf: dict, *, file: pathlib.Path, dtype: str) -> ModelConfig:
+    """config.json dict -> ModelConfig; anything the model does not implement is an error."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{file}: unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+    def unsupported(what):
+        raise ValueError(f"{file}: {what} is not implemented by grpo_jax.model ({model_type})")
+
+    # transformers 5 writes rope_parameters; older files rope_theta (+ rope_scaling).
+    rope = dict(hf.get("rope_parameters") or {})
+    rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", scaling.get("rope_type", scaling.get("type", "default"))))
+    if rope_type != "default":
+        unsupported(f"RoPE scaling {rope_type!r}")
+    if hf.get("hidden_act", "silu") != "silu":
+        unsupported(f"hidden_act {hf['hidden_act']!r}")
+    if hf.get("mlp_bias"):
+        unsupported("mlp_bias=true")
+    if model_type == "qwen2":
+        if hf.get("use_sliding_window"):
+            unsupported("use_sliding_window=true")
+        attention_bias = True  # Qwen2 always has q/k/v biases; its config has no switch
+    else:
+        attention_bias = bool(hf.get("attention_bias", False))
+        if attention_bias:
+            unsupported("attention_bias=true (Llama puts a bias on o_proj too)")
+    heads = hf["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        intermediate_size=hf["intermediate_size"],
+        rope_theta=float(rope_theta),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_bias=attention_bias,
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        dtype=dtype,
+    )
+
+
+def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
+    """HF tensor name -> the .safetensors file holding it (one file, or a sharded index)."""
+    from safetensors import safe_open
+
+    index = path / _INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {name: path / fname for name, fname in weight_map.items()}
+        for name, file in files.items():
+            if not file.is_file():
+                raise ValueError(f"{file}: file missing (listed in {index} for tensor {name})")
+        return files
+    single = path / _SAFETENSORS
+    if not single.is_file():
+        raise ValueError(f"{single}: file missing (and no {_INDEX} in {path})")
+    with safe_open(single, framework="np") as f:
+        return {name: single for name in f.keys()}
+
+
+def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
+    """Load a local Hugging Face Llama / Qwen2 directory -> (ModelConfig, params).
+
+    Params are cast to `dtype` and, when `mesh` is given, placed tensor by tensor with
+    `sharding.param_shardings(mesh, ...)`. Any missing file, missing / unexpected tensor or shape
+    mismatch raises ValueError naming the file and the tensor before any weight is read.
+    """
+    from safetensors import safe_open
+
+    path = pathlib.Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{config_file}: file missing (not a Hugging Face model directory)")
+    config = _config_from_hf(json.loads(config_file.read_text()), file=config_file, dtype=_dtype_name(dtype))
+    files = _tensor_files(path)
+
+    # Expected tensors, from the abstract tree: name -> (HF shape, transposed?).
+    expected = {}
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(_abstract_params(config))[0]:
+        name, transposed = _hf_name(keypath)
+        expected[name] = (tuple(reversed(leaf.shape)) if transposed else tuple(leaf.shape), transposed)
+    for name in expected:
+        if name not in files:
+            where = path / _INDEX if (path / _INDEX).is_file() else path / _SAFETENSORS
+            raise ValueError(f"{where}: tensor {name} missing")
+    for name, file in files.items():
+        # A tied checkpoint may still store lm_head.weight (a copy of the embedding): ignore it.
+        if name not in expected and not name.endswith(_IGNORED_SUFFIXES) and not (
+                name == "lm_head.weight" and config.tie_embeddings):
+            raise ValueError(f"{file}: unexpected tensor {name} (not part of a {config_file.name} model of this shape)")
+
+    # Check every shape first (header reads only), so a bad file fails before any transfer.
+    handles = {}
+    try:
+        for name, (shape, _) in expected.items():
+            file = files[name]
+            if file not in handles:
+                handles[file] = safe_open(file, framework="np")
+            found = tuple(handles[file].get_slice(name).get_shape())
+            if found != shape:
+                raise ValueError(f"{file}: tensor {name} has shape {list(found)}, expected {list(shape)}")
+
+        def read(keypath, leaf):
+            name, transposed = _hf_name(keypath)
+            handle = handles[files[name]]
+            if handle.get_slice(name).get_dtype() == "BF16":
+                # numpy cannot decode bf16 (ENVIRONMENT.md): read through jax on the host CPU.
+                with safe_open(files[name], framework="flax", device="cpu") as f_flax:
+                    with jax.default_device(jax.devices("cpu")[0]):
+                        arr = np.asarray(f_flax.get_tensor(name))
+            else:
+                arr = handle.get_tensor(name)
+            return arr.T if transposed else arr
+
+        params = _build(config, mesh, read)
+    finally:
+        handles.clear()  # safe_open handles close when collected
+    return config, params
+
+
+def _config_to_hf(config: ModelConfig) -> dict:
+    """ModelConfig -> config.json. attention_bias picks Qwen2 (q/k/v bias), otherwise Llama."""
+    model_type = "qwen2" if config.attention_bias else "llama"
+    hf = {
+        "architectures": ["Qwen2ForCausalLM" if model_type == "qwen2" else "LlamaForCausalLM"],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        # Both spellings: transformers 5 reads rope_parameters, older versions rope_theta.
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "tie_word_embeddings": config.tie_embeddings,
+        "dtype": config.dtype,
+        "torch_dtype": config.dtype,
+        "use_cache": True,
+    }
+    if model_type == "qwen2":
+        hf["use_sliding_window"] = False
+    else:
+        hf["attention_bias"] = False
+        hf["mlp_bias"] = False
+    return hf
+
+
+def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict) -> pathlib.Path:
+    """Write config.json + model.safetensors that transformers' AutoModelForCausalLM loads.
+
+    Written into a temporary sibling directory, then renamed into place, so a crash never leaves
+    a half-written checkpoint at `path`; an existing directory at `path` is replaced.
+    """
+    from safetensors.numpy import save_file
+
+    path = pathlib.Path(path)
+    tensors = {}
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name, transposed = _hf_name(keypath)
+        arr = np.asarray(jax.device_get(leaf))  # gathers a sharded array to the host
+        tensors[name] = np.ascontiguousarray(arr.T if transposed else arr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(_config_to_hf(config), indent=2) + "\n")
+        save_file(tensors, tmp / _SAFETENSORS, metadata={"format": "pt"})  # transformers wants "pt"
+        if path.exists():
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- GGUF
+
+
+def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation: per head, interleaved (re, im) pairs -> rotate_half halves.
+
+    The converter did w.reshape(H, 2, hd/2, ...).swapaxes(1, 2); this is its inverse. w: [H*hd, ...]
+    (a weight in HF [out, in] order, or a bias).
+    """
+    head_dim = w.shape[0] // n_heads
+    return w.reshape(n_heads, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_config(reader, *, file: pathlib.Path, dtype: str) -> ModelConfig:
+    """Llama-architecture GGUF metadata -> ModelConfig."""
+    def field(key, default=None):
+        f = reader.fields.get(key)
+        if f is None:
+            if default is None:
+                raise ValueError(f"{file}: metadata {key} missing")
+            return default
+        return f.contents()
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{file}: unsupported GGUF architecture {arch!r}; supported: llama")
+    scaling = field("llama.rope.scaling.type", "none")
+    if scaling not in ("none", ""):
+        raise ValueError(f"{file}: RoPE scaling {scaling!r} is not implemented by grpo_jax.model")
+    hidden = field("llama.embedding_length")
+    heads = field("llama.attention.head_count")
+    head_dim = field("llama.attention.key_length", hidden // heads)
+    if field("llama.rope.dimension_count", head_dim) != head_dim:
+        raise ValueError(f"{file}: partial rotary (rope.dimension_count != head_dim {head_dim}) is not implemented")
+    names = {t.name for t in reader.tensors}
+    return ModelConfig(
+        vocab_size=field("llama.vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data)),
+        hidden_size=hidden,
+        num_layers=field("llama.block_count"),
+        num_heads=heads,
+        num_kv_heads=field("llama.attention.head_count_kv", heads),
+        head_dim=head_dim,
+        intermediate_size=field("llama.feed_forward_length"),
+        rope_theta=float(field("llama.rope.freq_base", 10000.0)),
+        rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+        tie_embeddings="output.weight" not in names,  # llama.cpp omits output.weight when tied
+        attention_bias="blk.0.attn_q.bias" in names,
+        max_position_embeddings=field("llama.context_length", 2048),
+        dtype=dtype,
+    )
+
+
+def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
+    """Load a Llama-architecture GGUF -> (ModelConfig, params), dequantised to f32 then cast to `dtype`.
+
+    Tensor by tensor, like `load_hf`. Q/K rows are un-permuted back to the rotate_half layout.
+    """
+    import gguf
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file missing")
+    reader = gguf.GGUFReader(path)
+    config = _gguf_config(reader, file=path, dtype=_dtype_name(dtype))
+    tensors = {t.name: t for t in reader.tensors}
+    abstract = _abstract_params(config)
+    expected = {}
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+        transposed = _hf_name(keypath)[1]
+        expected[_gguf_name(keypath)] = tuple(reversed(leaf.shape)) if transposed else tuple(leaf.shape)
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ValueError(f"{path}: tensor {name} missing")
+        # GGML lists dimensions fastest-first: [in, out] for a weight whose numpy layout is [out, in].
+        found = tuple(int(d) for d in reversed(tensors[name].shape))
+        if found != shape:
+            raise ValueError(f"{path}: tensor {name} has shape {list(found)}, expected {list(shape)}")
+    for name in tensors:
+        if name not in expected and not name.startswith("rope_"):
+            raise ValueError(f"{path}: unexpected tensor {name}")
+
+    def read(keypath, leaf):
+        name = _gguf_name(keypath)
+        t = tensors[name]
+        arr = gguf.quants.dequantize(t.data, t.tensor_type).reshape(expected[name])  # HF [out, in] order
+        if name.endswith(("attn_q.weight", "attn_q.bias")):
+            arr = _unpermute_rope_rows(arr, config.num_heads)
+        elif name.endswith(("attn_k.weight", "attn_k.bias")):
+            arr = _unpermute_rope_rows(arr, config.num_kv_heads)
+        return arr.T if _hf_name(keypath)[1] else arr
+
+    return config, _build(config, mesh, read)
