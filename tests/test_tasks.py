@@ -1,0 +1,265 @@
+"""Task readers (over ../shared/data), synthetic generators and prompt formatting."""
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from grpo_jax.rewards import (
+    countdown_reward,
+    correctness,
+    extract_answer,
+    format_reward,
+    math_reward,
+    normalize_number,
+)
+from grpo_jax.tasks import Example, arithmetic, countdown, gsm8k, math500, prompts, svamp
+from grpo_jax.tasks.prompts import STYLES, format_messages, format_prompt, format_target
+
+
+# --------------------------------------------------------------------------------------------------
+# GSM8K
+# --------------------------------------------------------------------------------------------------
+def test_gsm8k_every_test_gold_is_a_number(shared_data):
+    examples = gsm8k.load(shared_data / "gsm8k", "test")
+    assert len(examples) == 1319
+    assert all(isinstance(e, Example) for e in examples)
+    for e in examples:
+        assert normalize_number(e.answer) == e.answer, e  # already canonical: no commas, no "+"
+        assert "####" not in e.meta["reasoning"] and "<<" not in e.meta["reasoning"]
+    # Hand-checked: Janet's ducks 16 - 3 - 4 = 9 eggs at $2 -> 18; the robe 2 + 2/2 -> 3;
+    # Johnny's lego 500 + 1500 + 125 = 2125 (the file says "#### 2,125": comma stripped);
+    # Southlandia's temperatures average to -10 (negative gold).
+    assert examples[0].answer == "18" and examples[0].prompt.startswith("Janet\u2019s ducks lay 16 eggs")
+    assert examples[1].answer == "3" and examples[1].prompt.startswith("A robe takes 2 bolts")
+    assert examples[146].answer == "2125" and "lego boxed set" in examples[146].prompt
+    assert examples[489].answer == "-10"
+    assert examples[0].meta == {
+        "id": "gsm8k/test/0",
+        "reasoning": "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n"
+        "She makes 9 * 2 = $18 every day at the farmer\u2019s market.",
+    }
+
+
+def test_gsm8k_sft_targets_score_one_in_every_style(shared_data):
+    examples = gsm8k.load(shared_data / "gsm8k" / "test.jsonl")  # a file path works too
+    for style in STYLES:
+        for e in examples:
+            target = format_target(e.meta["reasoning"], e.answer, style=style)
+            assert correctness(target, e.answer, style=style) == 1.0, (style, e.meta["id"])
+            assert format_reward(target, style=style) == 1.0, (style, e.meta["id"])
+
+
+def test_gsm8k_train_split(shared_data):
+    assert len(gsm8k.load(shared_data / "gsm8k", "train")) == 7473
+
+
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_gsm8k_bad_input_names_file_line_and_field(tmp_path):
+    good = json.dumps({"question": "q", "answer": "a\n#### 1,000"})
+    assert gsm8k.load(_write(tmp_path / "ok.jsonl", [good, ""]))[0].answer == "1000"
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        gsm8k.load(tmp_path, "nope")
+    cases = {
+        "json.jsonl": ([good, "{not json"], r"json.jsonl:2: invalid JSON"),
+        "field.jsonl": ([good, good, json.dumps({"question": "q"})], r"field.jsonl:3: missing field 'answer'"),
+        "type.jsonl": ([json.dumps({"question": 5, "answer": "#### 1"})], r"type.jsonl:1: field 'question' has type int"),
+        "hash.jsonl": ([json.dumps({"question": "q", "answer": "42"})], r"hash.jsonl:1: .*no '####'"),
+        "gold.jsonl": ([json.dumps({"question": "q", "answer": "#### five"})], r"gold.jsonl:1: .*'#### five'.*not a number"),
+        "array.jsonl": (["[1, 2]"], r"array.jsonl:1: expected a JSON object"),
+    }
+    for name, (lines, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            gsm8k.load(_write(tmp_path / name, lines))
+
+
+# --------------------------------------------------------------------------------------------------
+# MATH / MATH-500 / SVAMP
+# --------------------------------------------------------------------------------------------------
+def test_math500_answers_match_the_last_boxed_of_the_math_solutions(shared_data):
+    held_out = math500.load(shared_data / "math500")
+    full = math500.load(shared_data / "math")
+    assert (len(held_out), len(full)) == (500, 5000)
+    # MATH-500 golds come from its "answer" field, MATH golds from the last \boxed{} of the
+    # solution: for all 500 shared problems the two agree, which checks the brace matching.
+    by_problem = {e.prompt: e.answer for e in full}
+    assert all(by_problem[e.prompt] == e.answer for e in held_out)
+    assert held_out[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert held_out[0].meta["id"] == "math500/test/precalculus/807.json"
+    assert full[0].answer == "2" and full[2].answer == "\\dfrac{9}{7}"
+    train = math500.load_train(shared_data / "math", shared_data / "math500")
+    assert len(train) == 4500
+    assert not {e.prompt for e in train} & {e.prompt for e in held_out}
+
+
+def test_math500_targets_are_verified(shared_data):
+    for e in math500.load(shared_data / "math500"):
+        target = format_target("work", e.answer, style="think")
+        assert math_reward(target, e.answer) == 1.0, e.meta["id"]
+
+
+def test_last_boxed():
+    assert math500.last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
+    assert math500.last_boxed("\\boxed{x^{2}+\\{1\\}}") == "x^{2}+\\{1\\}"
+    assert math500.last_boxed("no box") is None
+    assert math500.last_boxed("\\boxed{1") is None
+
+
+def test_math_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"m.jsonl:1: field 'solution' has no \\boxed"):
+        math500.load(_write(tmp_path / "m.jsonl", [json.dumps({"problem": "p", "solution": "s"})]))
+
+
+def test_svamp(shared_data, tmp_path):
+    examples = svamp.load(shared_data / "svamp")
+    assert len(examples) == 1000
+    assert all(normalize_number(e.answer) == e.answer for e in examples)
+    assert examples[0] == Example(
+        prompt="Each pack of dvds costs 76 dollars. If there is a discount of 25 dollars on each pack "
+        "How much do you have to pay to buy each pack?",
+        answer="51",  # 76 - 25; the file stores 51.0
+        meta={"id": "chal-1", "equation": "( 76.0 - 25.0 )", "type": "Subtraction"},
+    )
+    assert examples[2].answer == "17"  # Paco: 26 - 9 salty cookies
+    bad = tmp_path / "SVAMP.json"
+    bad.write_text(json.dumps([{"Body": "b", "Question": "q", "Answer": 2.5}, {"Body": "b", "Question": "q"}]))
+    with pytest.raises(ValueError, match=r"SVAMP.json: item 1: missing field 'Answer'"):
+        svamp.load(tmp_path)
+    bad.write_text(json.dumps([{"Body": "b", "Question": "q", "Answer": 2.5}]))
+    assert svamp.load(bad)[0].answer == "2.5"
+
+
+# --------------------------------------------------------------------------------------------------
+# arithmetic generator
+# --------------------------------------------------------------------------------------------------
+def test_arithmetic_is_a_pure_function_of_seed_and_index():
+    # Pinned values: these must never change (hash-derived, not numpy / random streams).
+    assert arithmetic.example(0, 0) == Example(
+        prompt="What is 47+39?",
+        answer="86",
+        meta={"id": "arithmetic/train/0/0", "a": 47, "b": 39, "op": "+", "reasoning": "47+39=86"},
+    )
+    assert arithmetic.example(0, 0, split="eval").prompt == "What is 43+58?"
+    sequence = [arithmetic.example(3, i, ops="+-*") for i in range(300)]
+    assert arithmetic.example(3, 299, ops="+-*") == sequence[299]  # no dependence on earlier items
+    assert len({e.prompt for e in sequence}) >= 290  # different indices -> different problems
+    assert [e.prompt for e in sequence[:50]] != [arithmetic.example(4, i, ops="+-*").prompt for i in range(50)]
+    for e in sequence:
+        a, b, op = e.meta["a"], e.meta["b"], e.meta["op"]
+        assert 10 <= a <= 99 and 10 <= b <= 99
+        assert int(e.answer) == {"+": a + b, "-": a - b, "*": a * b}[op]
+        assert e.meta["reasoning"] == f"{a}{op}{b}={e.answer}"
+    assert {e.meta["op"] for e in sequence} == {"+", "-", "*"}
+
+
+def test_arithmetic_train_and_eval_share_no_operand_pair():
+    def pairs(split, seeds, n):
+        out = set()
+        for seed in seeds:
+            for i in range(n):
+                e = arithmetic.example(seed, i, ops="+-", split=split)
+                out.add(frozenset((e.meta["a"], e.meta["b"])))
+        return out
+
+    train, held_out = pairs("train", range(4), 1000), pairs("eval", range(4), 150)
+    assert len(train) > 2000 and len(held_out) > 200
+    assert not train & held_out
+    # The held-out pool is about 10% of the 4095 unordered two-digit pairs.
+    from grpo_jax.tasks import in_eval_split
+
+    pool = [(a, b) for a in range(10, 100) for b in range(a, 100)]
+    share = sum(in_eval_split(("arithmetic", 2, a, b)) for a, b in pool) / len(pool)
+    assert 0.08 < share < 0.12
+
+
+def test_arithmetic_options():
+    e = arithmetic.example(1, 2, num_digits=4, ops="*")
+    assert 1000 <= e.meta["a"] <= 9999 and e.meta["op"] == "*"
+    one = [arithmetic.example(0, i, num_digits=1) for i in range(50)]
+    assert all(1 <= e.meta["a"] <= 9 for e in one)
+    for kwargs, message in [({"ops": "/"}, "ops"), ({"num_digits": 0}, "num_digits"), ({"split": "test"}, "split")]:
+        with pytest.raises(ValueError, match=message):
+            arithmetic.example(0, 0, **kwargs)
+
+
+def test_arithmetic_sft_target():
+    e = arithmetic.example(0, 0)
+    target = format_target(e.meta["reasoning"], e.answer, style="reasoning")
+    assert target == "<reasoning>\n47+39=86\n</reasoning>\n<answer>\n86\n</answer>"
+    assert correctness(target, e.answer) == 1.0 and format_reward(target) == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# countdown generator + verifier
+# --------------------------------------------------------------------------------------------------
+def test_countdown_verifier_accepts_every_generated_solution_and_rejects_near_misses():
+    examples = [countdown.example(0, i) for i in range(500)]
+    assert examples[0].answer == "((87 - 6) - 25) + 22" and examples[0].meta["numbers"] == [6, 22, 87, 25]
+    assert len({(tuple(e.meta["numbers"]), e.meta["target"]) for e in examples}) == 500
+    for e in examples:
+        numbers, target = e.meta["numbers"], e.meta["target"]
+        assert len(numbers) == 4 and all(1 <= n <= 100 for n in numbers) and 1 <= target <= 100
+        assert e.answer == e.meta["solution"]
+        completion = format_target(e.meta["reasoning"], e.answer, style="reasoning")
+        assert countdown_reward(completion, numbers, target) == 1.0, e
+        assert countdown_reward(completion, numbers, target + 1) == 0.0  # wrong target
+        assert countdown_reward(completion, numbers + [7], target) == 0.0  # a given number unused
+        assert countdown_reward(completion, numbers[:-1], target) == 0.0  # a number not given
+        doubled = f"({e.answer}) + {numbers[0]} - {numbers[0]}"  # same value, numbers[0] used 3 times
+        assert countdown_reward(f"<answer>{doubled}</answer>", numbers, target) == 0.0
+        assert countdown_reward(f"<answer>{e.answer} + 0</answer>", numbers, target) == 0.0
+        assert countdown_reward(f"<answer>{e.answer}</answer> <answer>1</answer>", numbers, target) == 0.0
+        # The reasoning's last step ends in the target.
+        assert e.meta["reasoning"].endswith(f"= {target}")
+
+
+def test_countdown_determinism_options_and_split():
+    assert countdown.example(5, 17) == countdown.example(5, 17)
+    assert countdown.example(5, 17) != countdown.example(5, 18)
+    assert countdown.example(5, 17) != countdown.example(6, 17)
+    six = countdown.example(1, 1, num_numbers=6, max_number=25, max_target=1000)
+    assert len(six.meta["numbers"]) == 6 and max(six.meta["numbers"]) <= 25
+    assert countdown_reward(f"<answer>{six.answer}</answer>", six.meta["numbers"], six.meta["target"]) == 1.0
+
+    def keys(split, n):
+        return {(tuple(sorted(e.meta["numbers"])), e.meta["target"]) for e in (countdown.example(0, i, split=split) for i in range(n))}
+
+    assert not keys("train", 400) & keys("eval", 100)
+
+
+# --------------------------------------------------------------------------------------------------
+# prompts
+# --------------------------------------------------------------------------------------------------
+def test_prompts():
+    assert format_prompt("What is 1+1?", style="reasoning") == (
+        "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
+        "\n\nWhat is 1+1?"
+    )
+    assert format_prompt("Q", style="think").endswith("User: Q\nAssistant:")
+    assert format_prompt("Q", style="plain") == "Q\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert format_messages("Q", style="reasoning") == [
+        {"role": "system", "content": prompts.REASONING_INSTRUCTION},
+        {"role": "user", "content": "Q"},
+    ]
+    assert [m["role"] for m in format_messages("Q", style="plain")] == ["user"]
+    assert format_target("r", "5", style="plain") == "r\nThe final answer is \\boxed{5}."
+    for fn in (lambda: format_prompt("Q", style="chat"), lambda: format_target("r", "a", style="x")):
+        with pytest.raises(ValueError, match="style must be one of"):
+            fn()
+
+
+_NO_MARKUP = st.text(st.characters(blacklist_characters="<>\\#{}", blacklist_categories=("Cs",)), min_size=1).filter(
+    lambda s: s.strip()
+)
+
+
+@given(reasoning=_NO_MARKUP, answer=st.integers(-10**12, 10**12), style=st.sampled_from(STYLES))
+def test_format_target_round_trips_through_the_verifiers(reasoning, answer, style):
+    target = format_target(reasoning, str(answer), style=style)
+    assert extract_answer(target, style=style) == str(answer)
+    assert correctness(target, str(answer), style=style) == 1.0
+    assert format_reward(target, style=style) == 1.0
