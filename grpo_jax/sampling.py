@@ -1,0 +1,194 @@
+"""Jitted KV-cache sampler, and the training-side log-probs it must agree with.
+
+Sampling (one jitted program): for N left-padded prompts [N, P] and T = max_new_tokens,
+    prefill:  one cached forward over the prompt into a fixed KV cache of S = P + T slots
+              (positions = cumsum(prompt_mask) - 1, so padding changes nothing);
+              logits of the last prompt slot give token 0.
+    decode:   lax.while_loop, step t >= 1 feeds token t-1 at slot P + t - 1 and position
+              sum(prompt_mask) + t - 1, and draws token t from its logits:
+                  y_t ~ softmax(filter(logits_t / temperature))
+              filter = top-k (keep the k largest) then top-p (keep the smallest set of most likely
+              tokens whose mass reaches p; the most likely token is always kept), as in HF generate.
+              temperature = 0 is greedy: y_t = argmax logits_t (no filter, no randomness).
+              The key for step t is fold_in(key, t): the same key gives the same samples, and a
+              step's randomness does not depend on how many steps ran before an early exit.
+    stop:     a row is finished once it has emitted one of eos_id; finished rows stop changing
+              (they emit eos_id[0] with mask 0 and logp 0), and the loop exits as soon as every row
+              has finished (or after T tokens).
+    Rollout.mask[n, t] = 1 for t up to and including the row's first EOS, 0 after.
+
+Log-prob contract (why sampled and training log-probs agree exactly):
+    Rollout.logps[n, t] = grpo_jax.losses.token_logps(logits_t, y_t, temperature=temperature)
+                        = log softmax(logits_t / temperature)[y_t]      (temperature 0 read as 1)
+    i.e. the tempered but UNTRUNCATED distribution, the same function the trainer applies to the
+    same logits (completion_logps below). So at num_iterations = 1 the importance ratio
+    exp(logps - old_logps) is exactly 1 by construction, with no correction term.
+    Consequence: when top-k / top-p truncate, the tokens are drawn from the truncated renormalised
+    distribution, which is NOT the distribution whose log-probs we report and train on; the
+    behaviour policy differs from the reported one (truncation only removes low-probability tokens,
+    so the reported logps are slightly lower than the behaviour policy's). We accept this bias
+    rather than train on a policy the model cannot represent; use top_k=0, top_p=1 for exact
+    on-policy GRPO.
+
+Sharding: when the prompts arrive sharded over a mesh (NamedSharding), the batch dimension of every
+per-row array (the KV cache included) is constrained to that sharding and the params are gathered
+once, replicated, before the loop: decode steps then run without any parameter all-gather (the only
+per-step collective is the all-rows-finished check). On one device nothing changes.
+
+Jit: `sample` is a thin Python wrapper over one jitted function whose static arguments are config,
+max_new_tokens, top_k, top_p and the prompt sharding; temperature and the EOS ids are traced, so
+changing them (same number of EOS ids) does not recompile.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from grpo_jax import model as model_lib
+from grpo_jax.losses import token_logps
+
+
+class Rollout(NamedTuple):
+    tokens: jax.Array  # i32[N, T] sampled completion tokens; eos_id[0] after a row's first EOS
+    mask: jax.Array  # f32[N, T] 1 up to and including the first EOS, 0 after
+    logps: jax.Array  # f32[N, T] token_logps of each token (tempered, untruncated); 0 where mask = 0
+
+
+def _filter_top_k(scaled: jax.Array, k: int) -> jax.Array:
+    """Keep the k largest logits per row (ties with the k-th kept), others -> -inf. [N, V] -> [N, V]."""
+    kth = jax.lax.top_k(scaled, k)[0][:, -1:]  # [N, 1]
+    return jnp.where(scaled >= kth, scaled, -jnp.inf)
+
+
+def _filter_top_p(scaled: jax.Array, p: float) -> jax.Array:
+    """Nucleus: keep the most likely tokens while the mass before each one is < p. [N, V] -> [N, V]."""
+    sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]  # [N, V] descending
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # the first token has 0 < p: always kept
+    keep = mass_before < p
+    # Smallest kept logit = the cut; everything strictly below it goes.
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)  # [N, 1]
+    return jnp.where(scaled >= cutoff, scaled, -jnp.inf)
+
+
+def _choose(logits, key, temperature, *, top_k: int, top_p: float) -> jax.Array:
+    """Next token per row from logits f32[N, V]: greedy when temperature == 0, else filtered sampling."""
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+    if 0 < top_k < logits.shape[-1]:
+        scaled = _filter_top_k(scaled, top_k)
+    if top_p < 1.0:
+        scaled = _filter_top_p(scaled, top_p)
+    sampled = jax.random.categorical(key, scaled, axis=-1)
+    greedy = jnp.argmax(logits, axis=-1)
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_ids, *,
+            max_new_tokens: int, top_k: int, top_p: float, prompt_sharding):
+    n, p = prompt_tokens.shape
+    t_max = max_new_tokens
+
+    def constrain(x):  # batch-shard any per-row array like the prompts (no-op on one device)
+        if prompt_sharding is None:
+            return x
+        spec = PartitionSpec(prompt_sharding.spec[0] if prompt_sharding.spec else None,
+                             *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(prompt_sharding.mesh, spec))
+
+    if prompt_sharding is not None:
+        # One all-gather of the (FSDP-sharded) params here instead of one per decode step.
+        replicated = NamedSharding(prompt_sharding.mesh, PartitionSpec())
+        params = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), params)
+
+    prompt_mask = prompt_mask.astype(jnp.int32)
+    positions = model_lib.positions_from_mask(prompt_mask)  # [N, P]
+    start = jnp.sum(prompt_mask, axis=-1)  # [N] position of completion token 0
+    # Slots P.. are marked real from the start: causality (slot <= query slot) hides unwritten ones.
+    kv_mask = constrain(jnp.concatenate([prompt_mask, jnp.ones((n, t_max), jnp.int32)], axis=1))  # [N, S]
+    cache = jax.tree.map(constrain, model_lib.init_cache(config, n, p + t_max))
+    logits, cache = model_lib.apply_with_cache(config, params, prompt_tokens, positions, cache, 0, kv_mask)
+
+    pad = eos_ids[0]
+
+    def emit(t, logits, done, tokens, mask, logps):
+        """Draw token t from logits [N, V] for rows not done; record it; update done."""
+        tok = _choose(logits, jax.random.fold_in(key, t), temperature, top_k=top_k, top_p=top_p)
+        alive = ~done
+        tok = jnp.where(alive, tok, pad)
+        logp = jnp.where(alive, token_logps(logits, tok, temperature=temperature), 0.0)
+        tokens = tokens.at[:, t].set(tok)
+        mask = mask.at[:, t].set(alive.astype(jnp.float32))
+        logps = logps.at[:, t].set(logp)
+        done = done | (alive & jnp.any(tok[:, None] == eos_ids[None, :], axis=-1))
+        return tok, done, tokens, mask, logps
+
+    tokens = constrain(jnp.full((n, t_max), pad, jnp.int32))
+    mask = constrain(jnp.zeros((n, t_max), jnp.float32))
+    logps = constrain(jnp.zeros((n, t_max), jnp.float32))
+    done = constrain(jnp.zeros((n,), bool))
+    tok, done, tokens, mask, logps = emit(0, logits[:, -1], done, tokens, mask, logps)
+
+    def cond(state):
+        t, _, done, *_ = state
+        return (t < t_max) & ~jnp.all(done)
+
+    def body(state):
+        t, tok, done, tokens, mask, logps, cache = state
+        # Token t-1 sits at slot P + t - 1 and position start + t - 1; its logits predict token t.
+        logits, cache = model_lib.apply_with_cache(
+            config, params, tok[:, None], (start + t - 1)[:, None], cache, p + t - 1, kv_mask)
+        tok, done, tokens, mask, logps = emit(t, logits[:, 0], done, tokens, mask, logps)
+        return t + 1, tok, done, tokens, mask, logps, cache
+
+    state = (jnp.int32(1), tok, done, tokens, mask, logps, cache)
+    _, _, _, tokens, mask, logps, _ = jax.lax.while_loop(cond, body, state)
+    return Rollout(tokens=tokens, mask=mask, logps=logps)
+
+
+_sample_jit = jax.jit(_sample, static_argnames=("config", "max_new_tokens", "top_k", "top_p", "prompt_sharding"))
+
+
+def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+           key: jax.Array, *, max_new_tokens: int, eos_id, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0) -> Rollout:
+    """Sample T = max_new_tokens tokens for each left-padded prompt (see the module docstring).
+
+    prompt_tokens i32[N, P], prompt_mask [N, P] (1 = real token); eos_id: an int or a tuple of ints
+    (ids outside the vocabulary never match: eos_id=-1 disables stopping). temperature 0 = greedy;
+    top_k 0 = off; top_p 1.0 = off.
+    """
+    eos_ids = (eos_id,) if isinstance(eos_id, int) else tuple(int(e) for e in eos_id)
+    if not eos_ids:
+        raise ValueError("eos_id must be an int or a non-empty tuple of ints")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if top_k < 0 or not 0.0 < top_p <= 1.0 or temperature < 0:
+        raise ValueError(f"need top_k >= 0, 0 < top_p <= 1, temperature >= 0; got top_k={top_k}, "
+                         f"top_p={top_p}, temperature={temperature}")
+    sharding = getattr(prompt_tokens, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.size == 1:
+        sharding = None
+    return _sample_jit(config, params, prompt_tokens, prompt_mask, key, jnp.float32(temperature),
+                       jnp.asarray(eos_ids, jnp.int32), max_new_tokens=int(max_new_tokens),
+                       top_k=int(top_k), top_p=float(top_p), prompt_sharding=sharding)
+
+
+def completion_logps(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                     completion_tokens: jax.Array, *, temperature=1.0) -> jax.Array:
+    """Training-side log-probs of completion_tokens i32[N, T] given left-padded prompts -> f32[N, T].
+
+    One full forward over concat(prompt, completion) with mask concat(prompt_mask, ones): the same
+    positions the sampler used. Values after a row's first EOS are meaningless (the loss masks them).
+    Not jitted: it runs inside the trainer's jitted step.
+    """
+    p = prompt_tokens.shape[1]
+    tokens = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)], axis=1)  # [N, P+T]
+    mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.ones(completion_tokens.shape, jnp.int32)],
+                           axis=1)
+    hidden = model_lib.hidden_states(config, params, tokens, attention_mask=mask)  # [N, P+T, D]
+    # Off-by-one: the output at index i predicts token i+1, so completion token t (index P+t) is
+    # predicted at index P+t-1; indices P-1 .. P+T-2 give all T completion tokens. Slice before the
+    # LM head so the V-wide matmul runs on T positions only.
+    logits = model_lib.lm_head(config, params, hidden[:, p - 1 : -1])  # [N, T, V]
+    return token_logps(logits, completion_tokens, temperature=temperature)
