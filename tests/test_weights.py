@@ -4,6 +4,7 @@ Tiny random Qwen2 (tied, q/k/v bias) and Llama (untied, GQA, head_dim != hidden/
 theta) checkpoints are written by transformers' own save_pretrained. Every parameter, norm scales
 and biases included, is re-drawn at a scale where logits are O(1), so a mis-mapped tensor shows.
 """
+import dataclasses
 import json
 import pathlib
 
@@ -158,6 +159,8 @@ def test_load_hf_with_mesh_places_each_tensor(checkpoint):
         target = sharding.param_shardings(mesh, jax.eval_shape(lambda: expected))
         for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(target)):
             assert x.sharding == s
+        # fsdp shards the big kernels: the placement is not a trivial replication
+        assert not params["embed_tokens"]["embedding"].sharding.is_fully_replicated
         _assert_trees_equal(params, expected)
 
 
@@ -233,3 +236,182 @@ def test_missing_and_unexpected_tensor(llama_dir):
     _rewrite_safetensors(llama_dir, lambda t: [t.pop("model.layers.0.self_attn.o_proj.bias"), t.pop("lm_head.weight")])
     with pytest.raises(ValueError, match=r"model\.safetensors: tensor lm_head\.weight missing"):
         weights.load_hf(llama_dir)
+
+
+# --------------------------------------------------------------------------- GGUF (tiny, written here)
+
+_GGUF_MODULES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                 "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+                 "post_attention_layernorm": "ffn_norm"}
+
+
+def _llama_cpp_permute(w, n_heads):
+    """What llama.cpp's convert_hf_to_gguf does to Q/K rows (rotate_half -> interleaved RoPE)."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _write_tiny_gguf(path, m, *, arch="llama", drop=(), replace=None):
+    """The torch Llama `m` as llama.cpp would convert it: permuted Q/K, Q8_0 matrices, F32 norms
+    (and F32 down_proj, whose 80-wide rows do not split into Q8_0's blocks of 32)."""
+    import gguf
+
+    cfg = m.config
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_key_length(cfg.head_dim)  # llama.cpp writes these when head_dim != hidden / heads
+    writer.add_value_length(cfg.head_dim)
+    # transformers' GGUF loader also builds a tokenizer config: give it a trivial vocabulary.
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
+    writer.add_token_merges([])
+    writer.add_token_types([1] * cfg.vocab_size)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+    for name, w in m.state_dict().items():
+        w = w.numpy()
+        parts = name.split(".")
+        gname = top.get(name) or f"blk.{parts[2]}.{_GGUF_MODULES['.'.join(parts[3:-1])]}.weight"
+        if gname in drop:
+            continue
+        if gname.endswith("attn_q.weight"):
+            w = _llama_cpp_permute(w, cfg.num_attention_heads)
+        elif gname.endswith("attn_k.weight"):
+            w = _llama_cpp_permute(w, cfg.num_key_value_heads)
+        if replace and gname in replace:
+            w = replace[gname]
+        if w.ndim == 2 and w.shape[1] % 32 == 0:  # Q8_0 blocks of 32 along a row; else F32 (as llama.cpp)
+            q8 = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(gname, q8, raw_shape=q8.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(gname, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    return _random_torch_model("llama", seed=3)
+
+
+def test_load_gguf_matches_transformers_gguf_loading(tiny_llama, tmp_path):
+    path = _write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama)
+    config, params = weights.load_gguf(path)
+    from_hf = weights._config_from_hf(tiny_llama.config.to_dict(), file=tmp_path, dtype="float32")
+    assert config == dataclasses.replace(from_hf, rms_norm_eps=config.rms_norm_eps)  # GGUF stores eps as f32
+    assert config.rms_norm_eps == pytest.approx(1e-5) and config.num_kv_heads == 1 and config.head_dim == 8
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf",
+                                                           dtype=torch.float32).eval()
+    state, original = hf.state_dict(), tiny_llama.state_dict()
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name, transposed = weights._hf_name(keypath)
+        ours = np.asarray(leaf).T if transposed else np.asarray(leaf)
+        # Bit-identical to transformers' own GGUF loading (an independent un-permutation) ...
+        np.testing.assert_array_equal(ours, state[name].numpy(), err_msg=name)
+        # ... and within Q8_0 rounding of the torch original: half a step (step = block max|w| / 127)
+        # plus up to 127 * 2^-11 of a step from storing the step in f16, so < 0.6 steps. A wrong
+        # Q/K row order would be off by O(0.3), about 80 steps.
+        w = original[name].numpy()
+        assert np.abs(ours - w).max() <= 0.6 * np.abs(w).max() / 127, name
+    np.testing.assert_allclose(_our_logits(config, params)[REAL], _torch_logits(hf)[REAL], atol=1e-4, rtol=0)
+
+
+def test_load_gguf_bad_input(tiny_llama, tmp_path):
+    with pytest.raises(ValueError, match=r"none\.gguf: file missing"):
+        weights.load_gguf(tmp_path / "none.gguf")
+    path = _write_tiny_gguf(tmp_path / "gpt.gguf", tiny_llama, arch="gpt2")
+    with pytest.raises(ValueError, match=r"gpt\.gguf: unsupported GGUF architecture 'gpt2'; supported: llama"):
+        weights.load_gguf(path)
+    path = _write_tiny_gguf(tmp_path / "drop.gguf", tiny_llama, drop=("blk.1.ffn_up.weight",))
+    with pytest.raises(ValueError, match=r"drop\.gguf: tensor blk\.1\.ffn_up\.weight missing"):
+        weights.load_gguf(path)
+    path = _write_tiny_gguf(tmp_path / "shape.gguf", tiny_llama,
+                            replace={"blk.0.attn_v.weight": np.zeros((32, 64), np.float32)})
+    with pytest.raises(ValueError, match=r"shape\.gguf: tensor blk\.0\.attn_v\.weight has shape \[32, 64\], "
+                                         r"expected \[8, 64\]"):
+        weights.load_gguf(path)
+
+
+# --------------------------------------------------------------------------- GGUF (SmolLM2-135M-Instruct)
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    """(config, params, tokenizer, jitted apply): loaded once for the module's GGUF tests."""
+    from grpo_jax.tokenizer import load_tokenizer
+
+    config, params = weights.load_gguf(smollm2_gguf)
+    forward = jax.jit(lambda p, t, m: model.apply(config, p, t, attention_mask=m))
+    return config, params, load_tokenizer(smollm2_gguf), forward
+
+
+PROMPT = "What is 2+3? Answer with a number."
+NEW_TOKENS = 8
+
+
+def _chat_ids(tok):
+    return tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                   tokenize=True, return_dict=True)["input_ids"]
+
+
+@pytest.mark.slow
+def test_gguf_matches_transformers_gguf_loading(smollm2_gguf, smollm2):
+    config, params, tok, forward = smollm2
+    assert (config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads) == (30, 576, 9, 3)
+    assert config.tie_embeddings and config.rope_theta == 100000.0 and "lm_head" not in params
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()
+    # Same Q4_1 data, same dequantiser: every tensor must agree bit for bit. This pins the Q/K
+    # un-permutation and the [in, out] transposes independently of the forward pass.
+    state = hf.state_dict()
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name, transposed = weights._hf_name(keypath)
+        ref = state[name].numpy()
+        np.testing.assert_array_equal(np.asarray(leaf).T if transposed else np.asarray(leaf), ref, err_msg=name)
+    # Logits: ours on a left-padded row (the width the greedy test below reuses) vs transformers
+    # unpadded. Measured max abs error 1.2e-4 over all 42 positions, logits up to |38|: only f32
+    # summation order differs over 30 layers, so 1e-3 (~3e-5 of the logit range) has 8x headroom.
+    ids = _chat_ids(tok)
+    n, width = len(ids), len(ids) + NEW_TOKENS
+    tokens = np.zeros((1, width), np.int32)
+    tokens[0, -n:] = ids
+    mask = (np.arange(width) >= width - n).astype(np.int32)[None]
+    ours = np.asarray(forward(params, tokens, mask))[0, -n:]
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    err = np.abs(ours - ref).max()
+    assert err <= 1e-3, err
+    assert ours[-1].argmax() == ref[-1].argmax()
+
+
+@pytest.mark.slow
+def test_gguf_greedy_decodes_a_sensible_answer(smollm2):
+    config, params, tok, forward = smollm2
+    ids = _chat_ids(tok)
+    width = len(ids) + NEW_TOKENS  # fixed width, left-padded: one compile for the whole loop
+    out = []
+    for _ in range(NEW_TOKENS):
+        seq = ids + out
+        tokens = np.zeros((1, width), np.int32)
+        tokens[0, -len(seq):] = seq
+        mask = (np.arange(width) >= width - len(seq)).astype(np.int32)[None]
+        nxt = int(np.asarray(forward(params, tokens, mask))[0, -1].argmax())
+        if nxt == tok.eos_token_id:
+            break
+        out.append(nxt)
+    answer = tok.decode(out, skip_special_tokens=True)
+    assert "5" in answer, answer
