@@ -10,6 +10,9 @@ by construction on adversarial text (megabytes of garbage, thousands of tags):
   `MAX_EXPR_CHARS`), and no regex has nested overlapping quantifiers (no catastrophic backtracking).
 - Numbers are compared as canonical digit strings, never converted to int / float, so "9" * 100000
   cannot hang (and Python's int-from-str digit limit never triggers).
+- sympy (via math_verify) only sees answers of at most `MAX_SYMPY_CHARS` whose parsed value fits
+  `MAX_SYMPY_BITS` (`_magnitude_bits`), because a power tower like 9^{9^{9^{9}}} makes sympy run one
+  big-int power in C that no timer can interrupt.
 - `combine` adds a per-call time limit as a safety net (see `_call_with_time_limit`): a verifier that
   raises, returns a non-finite value or runs past the limit scores 0 and is counted in the stats.
 
@@ -343,14 +346,48 @@ def countdown_reward(
 
 
 _LATEX_NOISE = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\displaystyle")
+# math_verify sees only answers this short (MATH golds are <= 81 characters); longer ones are
+# compared as strings only. Bounds sympy's parse time.
+MAX_SYMPY_CHARS = 256
+# Parsed expressions whose value could need more bits than this (e.g. 9^{9^{9^{9}}}) never reach
+# math_verify.verify: sympy would evaluate them inside one C-level big-int power that neither a
+# signal nor anything else can interrupt. Exponents / factorial arguments above 2**14 likewise.
+MAX_SYMPY_BITS = 1 << 20
 
 
-def _normalize_latex(text: str) -> str:
-    """String fallback for MATH answers: drop spacing / sizing commands and \\dfrac-style variants."""
+def _clean_latex(text: str) -> str:
+    """Drop spacing / sizing commands and \\dfrac-style variants: "14,\\!400" -> "14,400"."""
     for noise in _LATEX_NOISE:
         text = text.replace(noise, "")
-    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    return _normalize_text(text)
+    return text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+
+
+def _magnitude_bits(expr: Any) -> float:
+    """Upper bound on log2 |value| of a sympy expression, without evaluating it.
+
+    Symbols and constants count 1 bit; Add / Mul / containers sum their arguments; a power with an
+    exponent of e bits is (base bits) * 2**e; a factorial of an n-bit argument n * 2**n. Exponents
+    or factorial arguments wider than 14 bits give inf, and so do exponents wider than 7 bits
+    (> 255) on a non-numeric base. The walk is linear in the tree size, which
+    parsing a <= MAX_SYMPY_CHARS string bounds.
+    """
+    if expr.is_Integer:
+        return float(max(abs(int(expr)).bit_length(), 1))
+    if expr.is_Rational:
+        return float(max(abs(expr.p).bit_length(), 1) + max(expr.q.bit_length(), 1))
+    if expr.is_Float:
+        value = abs(float(expr))
+        return max(1.0, math.log2(value + 1.0)) if math.isfinite(value) else math.inf
+    if expr.is_Pow:
+        exponent_bits = _magnitude_bits(expr.exp)
+        if exponent_bits > 14 or (exponent_bits > 7 and not expr.base.is_number):
+            return math.inf  # a symbolic base, (x+1)^{9999}: sympy expands it for minutes
+        return _magnitude_bits(expr.base) * 2.0**exponent_bits
+    if type(expr).__name__ == "factorial":
+        argument_bits = _magnitude_bits(expr.args[0])
+        return math.inf if argument_bits > 14 else argument_bits * 2.0**argument_bits
+    args = getattr(expr, "args", ())
+    return sum(_magnitude_bits(arg) for arg in args if hasattr(arg, "is_Integer")) if args else 1.0
 
 
 def math_reward(
@@ -359,10 +396,12 @@ def math_reward(
     """MATH verification: 1.0 iff the final answer is mathematically equal to `gold`.
 
     The answer is `extract_answer(completion, style=style)` (for "think"/"plain" this includes the
-    last-resort `\\boxed{}`). Both sides are wrapped in `\\boxed{}` and checked with
+    last-resort `\\boxed{}`). First cheap string checks on LaTeX-cleaned text (`_clean_latex`):
+    equal numbers (`normalize_number`, so "14,\\!400" == "14400") or equal text
+    (`_normalize_text`). Otherwise both sides are wrapped in `\\boxed{}` and checked with
     `math_verify.parse` + `math_verify.verify` (sympy equivalence: "\\dfrac{9}{7}" == "9/7",
-    "10.0" == "10", tuples, intervals); if that says no (or fails), normalised string equality
-    (`normalize_number`, then `_normalize_latex`) decides.
+    "0.5" == "\\frac{1}{2}", tuples, intervals), provided both are at most MAX_SYMPY_CHARS long
+    and their parsed values fit MAX_SYMPY_BITS (`_magnitude_bits`: power towers are rejected).
 
     Time limit: math_verify's own timeouts use `signal.alarm`, which raises ValueError outside the
     main thread and only has whole-second resolution, so both are disabled (`parsing_timeout=None`,
@@ -374,17 +413,24 @@ def math_reward(
     if answer is None:
         return 0.0
     gold = str(gold).strip()
-    number = normalize_number(gold)
-    if number is not None and normalize_number(answer) == number:
+    clean_answer, clean_gold = _clean_latex(answer), _clean_latex(gold)
+    number = normalize_number(clean_gold)
+    if number is not None and normalize_number(clean_answer) == number:
         return 1.0
-    if _normalize_latex(answer) == _normalize_latex(gold):
+    if _normalize_text(clean_answer) == _normalize_text(clean_gold):
         return 1.0
+    if len(answer) > MAX_SYMPY_CHARS or len(gold) > MAX_SYMPY_CHARS:
+        return 0.0
 
     def sympy_equal() -> bool:
+        import sympy
         from math_verify import parse, verify  # lazy: sympy + antlr take ~0.4 s to import
 
         gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
         answer_parsed = parse(f"\\boxed{{{answer}}}", parsing_timeout=None)
+        for item in (*gold_parsed, *answer_parsed):
+            if isinstance(item, sympy.Basic) and not _magnitude_bits(item) <= MAX_SYMPY_BITS:
+                return False
         return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
 
     try:

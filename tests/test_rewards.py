@@ -297,10 +297,33 @@ def test_countdown_bounds_length_and_depth():
         ("\\boxed{2} or \\boxed{3}", "2", 0.0),  # hedge
         ("no answer", "2", 0.0),
         ("\\boxed{\\frac{1}{", "2", 0.0),
+        ("\\boxed{14400}", "14,\\!400", 1.0),  # MATH's LaTeX thousands separator
+        ("\\boxed{x^2+2x+1}", "(x+1)^2", 1.0),
+        # Power towers: sympy would evaluate 9^387420489 in one uninterruptible C call; the
+        # _magnitude_bits screen keeps them away from math_verify.verify, so these return at once.
+        ("\\boxed{9^{9^{9^{9}}}}", "2", 0.0),
+        ("\\boxed{9**9**9**9}", "2", 0.0),
+        ("\\boxed{(x+1)^{9999}}", "2", 0.0),
+        ("\\boxed{" + "1+" * 200 + "1}", "401", 0.0),  # over MAX_SYMPY_CHARS: string check only
     ],
 )
 def test_math_reward(completion, gold, expected):
     assert math_reward(completion, gold) == expected
+
+
+def test_magnitude_bits_screen():
+    import sympy
+    from math_verify import parse
+
+    def bits(latex):
+        return max(rewards._magnitude_bits(x) for x in parse(f"\\boxed{{{latex}}}", parsing_timeout=None) if isinstance(x, sympy.Basic))
+
+    assert bits("255") == 8.0
+    assert bits("\\frac{3}{4}") == 5.0  # 2 bits + 3 bits
+    assert bits("2^{2005}") <= rewards.MAX_SYMPY_BITS
+    assert bits("x^{2}+y") <= 64
+    for tower in ("9^{9^{9^{9}}}", "(9^{9999})^{9999}", "99999!", "(x+1)^{9999}", "10^{10^{10}}"):
+        assert bits(tower) > rewards.MAX_SYMPY_BITS, tower
 
 
 def test_math_reward_and_combine_work_off_the_main_thread():

@@ -96,10 +96,19 @@ def test_math500_answers_match_the_last_boxed_of_the_math_solutions(shared_data)
     assert not {e.prompt for e in train} & {e.prompt for e in held_out}
 
 
-def test_math500_targets_are_verified(shared_data):
+def test_math500_targets_are_verified_and_golds_pass_the_sympy_screen(shared_data):
+    import sympy
+    from math_verify import parse
+
+    from grpo_jax.rewards import MAX_SYMPY_BITS, MAX_SYMPY_CHARS, _magnitude_bits
+
     for e in math500.load(shared_data / "math500"):
         target = format_target("work", e.answer, style="think")
         assert math_reward(target, e.answer) == 1.0, e.meta["id"]
+        # Every gold is short and small enough to reach math_verify.verify.
+        assert len(e.answer) <= MAX_SYMPY_CHARS
+        parsed = parse(f"\\boxed{{{e.answer}}}", parsing_timeout=None)
+        assert all(_magnitude_bits(x) <= MAX_SYMPY_BITS for x in parsed if isinstance(x, sympy.Basic)), e.answer
 
 
 def test_last_boxed():
