@@ -43,10 +43,12 @@ def _prompts():
     return jnp.asarray(tokens), jnp.asarray(mask)
 
 
+@jax.jit
 def _full_logits(prompt, mask, completion):
     tokens = jnp.concatenate([prompt, completion], axis=1)
     full_mask = jnp.concatenate([mask, jnp.ones(completion.shape, jnp.int32)], axis=1)
-    return model.apply(CFG, PARAMS, tokens, attention_mask=full_mask)[:, P - 1 : -1]  # predicts completion
+    p = prompt.shape[1]  # index i predicts token i + 1: p - 1 .. p + T - 2 predict the completion
+    return model.apply(CFG, PARAMS, tokens, attention_mask=full_mask)[:, p - 1 : -1]
 
 
 def test_greedy_equals_teacher_forced_argmax():
@@ -69,7 +71,9 @@ def test_sampled_logps_equal_completion_logps(top_k):
     prompt, mask = _prompts()
     out = sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(3), max_new_tokens=T, eos_id=NO_EOS,
                           temperature=0.7, top_k=top_k)
-    train = sampling.completion_logps(CFG, PARAMS, prompt, mask, out.tokens, temperature=0.7)
+    # Jitted as the train step would (completion_logps itself is not jitted).
+    train = jax.jit(sampling.completion_logps, static_argnums=0)(CFG, PARAMS, prompt, mask, out.tokens,
+                                                                 temperature=0.7)
     assert train.shape == (N, T)
     # Even under top-k truncation, the logps are those of the untruncated tempered distribution.
     np.testing.assert_allclose(out.logps, train, atol=1e-5)
@@ -153,7 +157,8 @@ def _first_token_frequencies(n_rows, temperature, **kwargs):
     out = sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(11), max_new_tokens=1, eos_id=NO_EOS,
                           temperature=temperature, **kwargs)
     freqs = np.bincount(np.asarray(out.tokens[:, 0]), minlength=CFG.vocab_size) / n_rows
-    logits = model.apply(CFG, PARAMS, prompt[:1], attention_mask=mask[:1])[0, -1]
+    # The logits at the last prompt slot (the dummy completion token itself is never scored).
+    logits = _full_logits(prompt[:1], mask[:1], jnp.zeros((1, 1), jnp.int32))[0, 0]
     return freqs, np.asarray(logits, np.float64)
 
 
