@@ -426,6 +426,26 @@ def test_combine_times_out_a_spinning_verifier_in_the_main_thread():
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # nothing left armed
 
 
+def test_combine_counts_a_timeout_inside_a_verifier_with_its_own_longer_limit():
+    # math_reward runs sympy under its own (5 s) limit; combine's shorter one must still win and
+    # be counted, not swallowed by the inner limit or by the verifier's `except Exception`.
+    def nested(completion, gold):
+        def spin():
+            while True:
+                pass
+
+        try:
+            return rewards._call_with_time_limit(spin, 10.0)[0]
+        except Exception:
+            return 1.0
+
+    start = time.monotonic()
+    out, _, stats = combine(["a"], [None], weights={"n": 1.0}, verifiers={"n": nested}, time_limit=0.2)
+    assert out.tolist() == [0.0] and stats["verifier_timeouts"] == 1
+    assert time.monotonic() - start < 5.0  # the inner 10 s limit did not apply
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_combine_off_main_thread_counts_slow_calls_as_timeouts():
     # No signals off the main thread: a slow call finishes, then is discarded and counted.
     def slow(completion, gold):
