@@ -19,6 +19,7 @@ Quantised tensors are dequantised to f32 with `gguf.quants.dequantize`, whose ou
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -119,6 +120,8 @@ def _config_from_hf(hf: dict, *, file: pathlib.Path, dtype: str) -> ModelConfig:
     rope_type = rope.get("rope_type", rope.get("type", scaling.get("rope_type", scaling.get("type", "default"))))
     if rope_type != "default":
         unsupported(f"RoPE scaling {rope_type!r}")
+    if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        unsupported("partial_rotary_factor != 1")
     if hf.get("hidden_act", "silu") != "silu":
         unsupported(f"hidden_act {hf['hidden_act']!r}")
     if hf.get("mlp_bias"):
@@ -181,7 +184,8 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[M
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{config_file}: file missing (not a Hugging Face model directory)")
-    config = _config_from_hf(json.loads(config_file.read_text()), file=config_file, dtype=_dtype_name(dtype))
+    hf_config = json.loads(config_file.read_text())
+    config = _config_from_hf(hf_config, file=config_file, dtype=_dtype_name(dtype))
     files = _tensor_files(path)
 
     # Expected tensors, from the abstract tree: name -> (HF shape, transposed?).
@@ -197,15 +201,16 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[M
         # A tied checkpoint may still store lm_head.weight (a copy of the embedding): ignore it.
         if name not in expected and not name.endswith(_IGNORED_SUFFIXES) and not (
                 name == "lm_head.weight" and config.tie_embeddings):
-            raise ValueError(f"{file}: unexpected tensor {name} (not part of a {config_file.name} model of this shape)")
+            raise ValueError(f"{file}: unexpected tensor {name} (a {hf_config['model_type']} model "
+                             f"with this config.json has no such parameter)")
 
     # Check every shape first (header reads only), so a bad file fails before any transfer.
-    handles = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = {}
         for name, (shape, _) in expected.items():
             file = files[name]
             if file not in handles:
-                handles[file] = safe_open(file, framework="np")
+                handles[file] = stack.enter_context(safe_open(file, framework="np"))
             found = tuple(handles[file].get_slice(name).get_shape())
             if found != shape:
                 raise ValueError(f"{file}: tensor {name} has shape {list(found)}, expected {list(shape)}")
@@ -214,7 +219,7 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[M
             name, transposed = _hf_name(keypath)
             handle = handles[files[name]]
             if handle.get_slice(name).get_dtype() == "BF16":
-                # numpy cannot decode bf16 (ENVIRONMENT.md): read through jax on the host CPU.
+                # numpy cannot decode bf16 (ENVIRONMENT.md): read through jax, kept on the host CPU.
                 with safe_open(files[name], framework="flax", device="cpu") as f_flax:
                     with jax.default_device(jax.devices("cpu")[0]):
                         arr = np.asarray(f_flax.get_tensor(name))
@@ -223,8 +228,6 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[M
             return arr.T if transposed else arr
 
         params = _build(config, mesh, read)
-    finally:
-        handles.clear()  # safe_open handles close when collected
     return config, params
 
 
