@@ -48,7 +48,11 @@ KV-cache decode path (used by grpo_jax.sampling for prefill and single-token dec
         left-padded). Query l attends to slot s iff s <= cache_index + l (causal in slot order) and
         kv_mask[b, s] == 1. kv_mask [B, S] marks slots holding real tokens; slots not written yet may
         be marked 1 already (causality hides them), so a sampler can pass
-        concat(prompt_mask, ones) once for the whole decode.
+        concat(prompt_mask, ones) once for the whole decode. last_only=True returns only the last
+        position's logits (prefill).
+Also public: hidden_states(config, params, tokens, *, attention_mask) -> [B, L, D] and
+lm_head(config, params, hidden) -> f32[B, L, V] (apply = lm_head(hidden_states)), so a caller can
+slice positions before the V-wide matmul; positions_from_mask(mask) -> i32[B, L].
 The layer loop is a Python loop (unrolled at trace time) over per-layer caches: measured ~4x faster
 decode on CPU than stacked layers under lax.scan (ENVIRONMENT.md), because each layer's cache update
 stays an in-place dynamic_update_slice.
@@ -242,11 +246,13 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> list:
 
 
 def apply_with_cache(config: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
-                     cache: list, cache_index, kv_mask: jax.Array):
+                     cache: list, cache_index, kv_mask: jax.Array, *, last_only: bool = False):
     """Cached forward (prefill with L = P, decode with L = 1); see the module docstring.
 
     tokens/positions i32[B, L]; cache from init_cache (S slots); cache_index scalar int: first slot
-    written; kv_mask [B, S], 1 = slot holds a real token. Returns (logits f32[B, L, V], new cache).
+    written; kv_mask [B, S], 1 = slot holds a real token. Returns (logits f32[B, L, V], new cache),
+    or logits f32[B, 1, V] of the last position only when last_only (a sampler's prefill: with a
+    150k vocabulary the full [B, P, V] logits would be gigabytes).
     """
     l = tokens.shape[1]
     s = kv_mask.shape[1]
@@ -258,4 +264,6 @@ def apply_with_cache(config: ModelConfig, params: dict, tokens: jax.Array, posit
     for p, layer_cache in zip(params["layers"], cache):  # unrolled: per-layer in-place cache updates
         x, layer_cache = _block(config, p, x, positions, mask, layer_cache, cache_index)
         new_cache.append(layer_cache)
+    if last_only:
+        x = x[:, -1:]
     return lm_head(config, params, x), new_cache

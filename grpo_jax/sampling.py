@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from grpo_jax import model as model_lib
@@ -107,7 +108,8 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
     # Slots P.. are marked real from the start: causality (slot <= query slot) hides unwritten ones.
     kv_mask = constrain(jnp.concatenate([prompt_mask, jnp.ones((n, t_max), jnp.int32)], axis=1))  # [N, S]
     cache = jax.tree.map(constrain, model_lib.init_cache(config, n, p + t_max))
-    logits, cache = model_lib.apply_with_cache(config, params, prompt_tokens, positions, cache, 0, kv_mask)
+    logits, cache = model_lib.apply_with_cache(config, params, prompt_tokens, positions, cache, 0, kv_mask,
+                                               last_only=True)  # [N, 1, V]: the last prompt slot
 
     pad = eos_ids[0]
 
@@ -158,7 +160,7 @@ def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prom
     (ids outside the vocabulary never match: eos_id=-1 disables stopping). temperature 0 = greedy;
     top_k 0 = off; top_p 1.0 = off.
     """
-    eos_ids = (eos_id,) if isinstance(eos_id, int) else tuple(int(e) for e in eos_id)
+    eos_ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
     if not eos_ids:
         raise ValueError("eos_id must be an int or a non-empty tuple of ints")
     if max_new_tokens < 1:

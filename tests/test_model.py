@@ -106,7 +106,11 @@ def test_cached_prefill_and_decode_match_full_forward():
     positions = model.positions_from_mask(mask)
     cache = model.init_cache(CFG, B, L)
     step = jax.jit(model.apply_with_cache, static_argnums=0)
+    last, _ = jax.jit(model.apply_with_cache, static_argnums=0, static_argnames="last_only")(
+        CFG, params, tokens[:, :p], positions[:, :p], cache, 0, mask, last_only=True)
     logits, cache = step(CFG, params, tokens[:, :p], positions[:, :p], cache, 0, mask)
+    assert last.shape == (B, 1, CFG.vocab_size)
+    np.testing.assert_allclose(last, logits[:, -1:], atol=1e-6)
     got = [logits]
     for t in range(p, L):
         logits, cache = step(CFG, params, tokens[:, t : t + 1], positions[:, t : t + 1], cache, t, mask)
