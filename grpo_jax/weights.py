@@ -60,7 +60,10 @@ _GGUF_MODULES = {
 
 
 def _gguf_name(keypath) -> str:
-    """Param key path -> llama.cpp tensor name, e.g. ("layers", 0, "self_attn", "q_proj", "kernel") -> blk.0.attn_q.weight."""
+    """Param key path -> llama.cpp tensor name.
+
+    e.g. ("layers", 0, "self_attn", "q_proj", "kernel") -> "blk.0.attn_q.weight".
+    """
     keys = [k.key if hasattr(k, "key") else k.idx for k in keypath]
     suffix = "bias" if keys[-1] == "bias" else "weight"
     if keys[0] == "layers":
@@ -108,7 +111,8 @@ def _config_from_hf(hf: dict, *, file: pathlib.Path, dtype: str) -> ModelConfig:
     """config.json dict -> ModelConfig; anything the model does not implement is an error."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{file}: unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise ValueError(f"{file}: unsupported model_type {model_type!r}; "
+                         f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
     def unsupported(what):
         raise ValueError(f"{file}: {what} is not implemented by grpo_jax.model ({model_type})")

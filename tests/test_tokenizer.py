@@ -3,7 +3,6 @@
 The Qwen test checks llama.cpp's reference tokenisations (../shared/tokenizers/qwen3/tests) and the
 chat template; the GGUF test checks the SmolLM2 tokenizer against the token list stored in the file.
 """
-import pathlib
 
 import hypothesis
 import hypothesis.strategies as st
