@@ -28,12 +28,14 @@ Log-prob contract (why sampled and training log-probs agree exactly):
     behaviour policy differs from the reported one (truncation only removes low-probability tokens,
     so the reported logps are slightly lower than the behaviour policy's). We accept this bias
     rather than train on a policy the model cannot represent; use top_k=0, top_p=1 for exact
-    on-policy GRPO.
+    on-policy GRPO. Greedy rollouts (temperature 0) report log-probs of the temperature-1
+    distribution, as token_logps reads temperature 0 as 1.
 
 Sharding: when the prompts arrive sharded over a mesh (NamedSharding), the batch dimension of every
 per-row array (the KV cache included) is constrained to that sharding and the params are gathered
 once, replicated, before the loop: decode steps then run without any parameter all-gather (the only
-per-step collective is the all-rows-finished check). On one device nothing changes.
+per-step collective is the all-rows-finished check). The cost is one full copy of the params per
+device during sampling, which suits the models this library targets; on one device nothing changes.
 
 Jit: `sample` is a thin Python wrapper over one jitted function whose static arguments are config,
 max_new_tokens, top_k, top_p and the prompt sharding; temperature and the EOS ids are traced, so
