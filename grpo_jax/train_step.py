@@ -1,0 +1,225 @@
+"""The one jitted, sharded GRPO update step.
+
+Given a sampled batch (N = B*G completions with their advantages), one call does
+
+    for iteration in range(mu):                        # grpo.num_iterations
+        grads = sum over minibatches m of  w_m * grad loss_m(theta)     # gradient accumulation
+        theta = optax_update(clip_by_global_norm(grads))
+
+where loss_m = grpo_loss(logps, old_logps, ref_logps, advantages, mask) on minibatch m and w_m
+weighs the minibatch so that the sum equals the loss of the whole batch under the chosen
+aggregation (1/M for "grpo" and "dr_grpo"; the minibatch's share of completion tokens for "bnpo").
+
+old_logps are the policy's own log-probs at the first iteration, under stop_gradient: at mu = 1 the
+ratio is exactly 1 (not 1 +- the float noise between the sampler's KV-cache path and this full
+forward), and for mu > 1 the later iterations read the values saved at the first one (no extra
+forward). ref_logps come from the frozen reference params, computed once per batch, and are skipped
+entirely when the step is built with `use_reference=False` (beta = 0 and no reference loaded).
+The log-prob function is `losses.token_logps` on the tempered, untruncated distribution, the same
+one the sampler reports.
+
+The state is donated; params and optimizer state keep their FSDP shardings, the batch is sharded
+over ("data", "fsdp") on its leading dimension.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from grpo_jax import losses
+from grpo_jax import model as model_lib
+from grpo_jax import sharding
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # i32[]
+    params: Any  # model params pytree (model.py layout)
+    opt_state: Any  # optax state, sharded like params
+
+
+class Batch(NamedTuple):
+    prompt_tokens: jax.Array  # i32[N, P] left-padded
+    prompt_mask: jax.Array  # i32[N, P] 1 on real prompt tokens
+    completion_tokens: jax.Array  # i32[N, T]
+    completion_mask: jax.Array  # f32[N, T] 1 through the first EOS
+    advantages: jax.Array  # f32[N]
+
+
+class HParams(NamedTuple):
+    """Traced scalars: changing them does not recompile, and they can be vmapped over."""
+    epsilon: jax.Array  # f32[]
+    epsilon_high: jax.Array  # f32[]
+    beta: jax.Array  # f32[]
+    temperature: jax.Array  # f32[]
+
+
+def make_hparams(*, epsilon, epsilon_high=None, beta, temperature) -> HParams:
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    return HParams(*(jnp.asarray(x, jnp.float32) for x in (epsilon, epsilon_high, beta, temperature)))
+
+
+def make_optimizer(*, learning_rate, max_grad_norm=1.0, b1=0.9, b2=0.99, weight_decay=0.0,
+                   warmup_steps=0, schedule="constant", total_steps=1) -> optax.GradientTransformation:
+    """AdamW behind clip-by-global-norm (on by default: without it the quick start collapses)."""
+    if schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
+                                                max(total_steps, warmup_steps + 1))
+    elif warmup_steps > 0:
+        lr = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    else:
+        lr = learning_rate
+    adam = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam) if max_grad_norm > 0 else adam
+
+
+def completion_logits(config: model_lib.ModelConfig, params, prompt_tokens, prompt_mask,
+                      completion_tokens) -> jax.Array:
+    """f32[N, T, V]: the logits that score each completion token, from one full forward.
+
+    The forward runs over concat(prompt, completion); the logit at position t predicts token t + 1,
+    so completion token j is scored by the logit at position P - 1 + j.
+    """
+    p = prompt_tokens.shape[1]
+    t = completion_tokens.shape[1]
+    tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)  # [N, P + T]
+    # Completion positions after the first EOS are attended to but never scored (the loss masks
+    # them), so an all-ones completion mask is correct and keeps positions contiguous.
+    mask = jnp.concatenate([prompt_mask, jnp.ones_like(completion_tokens, prompt_mask.dtype)], axis=1)
+    hidden = model_lib.hidden_states(config, params, tokens, attention_mask=mask)  # [N, P + T, D]
+    # Slice before the V-wide head matmul: prompt positions are never scored.
+    return model_lib.lm_head(config, params, hidden[:, p - 1: p - 1 + t])  # [N, T, V]
+
+
+def _entropy(logits, temperature, mask):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / jnp.where(temperature > 0, temperature, 1.0))
+    ent = -(jnp.exp(logp) * logp).sum(-1)  # [N, T]
+    return (ent * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def _split(x, num_minibatches):
+    """[N, ...] -> [M, N/M, ...] taking rows m, m+M, m+2M, ... for minibatch m.
+
+    Strided rather than contiguous: the leading dim is sharded over the devices, and a strided split
+    leaves every minibatch spread over all of them (a contiguous one would sit on N/M's devices).
+    """
+    n = x.shape[0]
+    return jnp.swapaxes(x.reshape(n // num_minibatches, num_minibatches, *x.shape[1:]), 0, 1)
+
+
+def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.GradientTransformation, *,
+                     loss_type: str = "grpo", importance_level: str = "token",
+                     num_iterations: int = 1, num_minibatches: int = 1, use_reference: bool = True,
+                     max_completion_length: int | None = None):
+    """Returns the pure step `(state, ref_params, batch, hparams) -> (state, metrics)`.
+
+    Not jitted: `jit_train_step` adds shardings and donation; tests and sweeps may vmap it first.
+    """
+    if loss_type not in losses.LOSS_TYPES:
+        raise ValueError(f"grpo.loss_type must be one of {losses.LOSS_TYPES}, got {loss_type!r}")
+
+    def minibatch_loss(params, mb: Batch, old_logps, ref_logps, weight, hp: HParams):
+        logits = completion_logits(model_config, params, mb.prompt_tokens, mb.prompt_mask,
+                                   mb.completion_tokens)
+        logps = losses.token_logps(logits, mb.completion_tokens, temperature=hp.temperature)
+        if old_logps is None:  # first iteration: on-policy by construction
+            old_logps = jax.lax.stop_gradient(logps)
+        loss, metrics = losses.grpo_loss(
+            logps, old_logps, ref_logps, mb.advantages, mb.completion_mask, epsilon=hp.epsilon,
+            epsilon_high=hp.epsilon_high, beta=hp.beta, loss_type=loss_type,
+            importance_level=importance_level, max_completion_length=max_completion_length)
+        metrics["entropy"] = _entropy(jax.lax.stop_gradient(logits), hp.temperature, mb.completion_mask)
+        return loss * weight, (metrics, jax.lax.stop_gradient(logps))
+
+    grad_fn = jax.grad(minibatch_loss, has_aux=True)
+
+    def step(state: TrainState, ref_params, batch: Batch, hp: HParams):
+        n = batch.advantages.shape[0]
+        if n % num_minibatches:
+            raise ValueError(f"batch of {n} rows is not divisible by train.num_minibatches={num_minibatches}")
+        mbs = Batch(*(_split(x, num_minibatches) for x in batch))  # each [M, N/M, ...]
+        mask_f = mbs.completion_mask.astype(jnp.float32)
+        if loss_type == "bnpo":  # token-level: each minibatch's share of the batch's tokens
+            weights = mask_f.sum((1, 2)) / jnp.maximum(mask_f.sum(), 1.0)
+        else:  # row-level means: equal shares
+            weights = jnp.full((num_minibatches,), 1.0 / num_minibatches)
+        token_share = mask_f.sum((1, 2)) / jnp.maximum(mask_f.sum(), 1.0)  # for token-mean metrics
+
+        if use_reference:
+            def ref_mb(_, mb):
+                logits = completion_logits(model_config, ref_params, mb.prompt_tokens, mb.prompt_mask,
+                                           mb.completion_tokens)
+                return None, losses.token_logps(logits, mb.completion_tokens, temperature=hp.temperature)
+            _, ref_logps = jax.lax.scan(ref_mb, None, mbs)  # [M, N/M, T]
+            ref_logps = jax.lax.stop_gradient(ref_logps)
+        else:
+            ref_logps = None
+
+        params, opt_state = state.params, state.opt_state
+        old_logps = None
+        metrics_sum = None
+        grad_norm = None
+        for _ in range(num_iterations):  # mu is small and static: unrolled
+            def accumulate(carry, xs):
+                grads_acc, met_acc = carry
+                mb, old, ref, w, share = xs
+                grads, (met, logps) = grad_fn(params, mb, old, ref, w, hp)
+                grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+                # The loss carries its aggregation weight; token-mean metrics their token share.
+                met_acc = {k: (jnp.maximum(met_acc[k], v) if k == "ratio_max" else
+                               met_acc[k] + v * (w if k == "loss" else share))
+                           for k, v in met.items()}
+                return (grads_acc, met_acc), logps
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            met0 = {k: jnp.zeros((), jnp.float32) for k in
+                    ("loss", "kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high",
+                     "ratio_mean", "entropy")}
+            met0["ratio_max"] = jnp.zeros((), jnp.float32)
+            (grads, met), logps = jax.lax.scan(
+                accumulate, (zeros, met0),
+                (mbs, old_logps, ref_logps, weights, token_share))
+            if old_logps is None:
+                old_logps = logps  # [M, N/M, T], saved for iterations 2..mu
+            grad_norm = optax.global_norm(grads)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            metrics_sum = met if metrics_sum is None else {
+                k: jnp.maximum(v, met[k]) if k == "ratio_max" else v + met[k] for k, v in metrics_sum.items()}
+
+        # Report the mean over iterations (at mu = 1: the on-policy numbers).
+        metrics = {k: v if k == "ratio_max" else v / num_iterations for k, v in metrics_sum.items()}
+        metrics["grad_norm"] = grad_norm  # of the last iteration, before clipping
+        metrics["advantage_abs_mean"] = jnp.abs(batch.advantages).mean()
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return step
+
+
+def state_shardings(mesh, optimizer: optax.GradientTransformation, abstract_params) -> TrainState:
+    """Shardings for TrainState: params FSDP; optimizer moments like their params; scalars replicated."""
+    param_sh = sharding.param_shardings(mesh, abstract_params)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    # Leaves that mirror a parameter (Adam's mu, nu) take its sharding; counts etc. are replicated.
+    opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: replicated)
+    return TrainState(replicated, param_sh, opt_sh)
+
+
+def init_state(params, optimizer: optax.GradientTransformation, mesh) -> TrainState:
+    """A TrainState whose optimizer state is created directly with its shardings."""
+    shardings = state_shardings(mesh, optimizer, jax.eval_shape(lambda p: p, params))
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+    return TrainState(step, params, opt_state)
+
+
+def jit_train_step(step_fn, mesh, state_sh: TrainState, ref_params_sh):
+    """jit with explicit in/out shardings; the train state is donated (updated in place)."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sh = Batch(*(sharding.batch_sharding(mesh, nd) for nd in (2, 2, 2, 2, 1)))
+    hp_sh = HParams(*([replicated] * 4))
+    return jax.jit(step_fn, in_shardings=(state_sh, ref_params_sh, batch_sh, hp_sh),
+                   out_shardings=(state_sh, replicated), donate_argnums=(0,))
