@@ -68,6 +68,9 @@ class TaskSection:
     train_split: str = "train"
     eval_split: str = "test"
     prompt_style: str = "reasoning"
+    # Prefix each question with the style's format instruction. Off for models that learn the
+    # format in SFT (the quick start): the instruction is ~50 tokens of constant prompt per row.
+    instruction: bool = True
     chat_template: bool = False  # apply the tokenizer's chat template to prompts
     system_prompt: str = ""
     # Synthetic tasks.
@@ -302,18 +305,19 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def mesh_shape(config: Config, num_devices: int) -> tuple[int, int]:
-    """(data, fsdp) with -1 resolved against the device count."""
+    """(data, fsdp) with -1 resolved against the device count. A mesh may use fewer devices than
+    there are (the first data * fsdp of them), never more."""
     data, fsdp = config.mesh.data, config.mesh.fsdp
     if data == -1 and fsdp == -1:
         raise ConfigError("config keys `mesh.data` and `mesh.fsdp` cannot both be -1")
     if data == -1:
-        data = num_devices // fsdp if fsdp > 0 and num_devices % fsdp == 0 else 0
+        data = num_devices // fsdp if fsdp > 0 else 0
     if fsdp == -1:
-        fsdp = num_devices // data if data > 0 and num_devices % data == 0 else 0
-    if data < 1 or fsdp < 1 or data * fsdp != num_devices:
+        fsdp = num_devices // data if data > 0 else 0
+    if data < 1 or fsdp < 1 or data * fsdp > num_devices:
         raise ConfigError(
-            f"config keys `mesh.data` x `mesh.fsdp` = {config.mesh.data} x {config.mesh.fsdp} must "
-            f"multiply to the number of devices ({num_devices})")
+            f"config keys `mesh.data` x `mesh.fsdp` = {config.mesh.data} x {config.mesh.fsdp} need "
+            f"between 1 and the number of devices ({num_devices})")
     return data, fsdp
 
 

@@ -178,13 +178,14 @@ def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prom
                        top_k=int(top_k), top_p=float(top_p), prompt_sharding=sharding)
 
 
-def completion_logps(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                     completion_tokens: jax.Array, *, temperature=1.0) -> jax.Array:
-    """Training-side log-probs of completion_tokens i32[N, T] given left-padded prompts -> f32[N, T].
+def completion_logits(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array,
+                      prompt_mask: jax.Array, completion_tokens: jax.Array) -> jax.Array:
+    """f32[N, T, V]: the logits that score each completion token i32[N, T], from one full forward.
 
-    One full forward over concat(prompt, completion) with mask concat(prompt_mask, ones): the same
-    positions the sampler used. Values after a row's first EOS are meaningless (the loss masks them).
-    Not jitted: it runs inside the trainer's jitted step.
+    The forward runs over concat(prompt, completion) with mask concat(prompt_mask, ones): the same
+    positions the sampler used. Completion positions after a row's first EOS are attended to but
+    never scored (the loss masks them), so all-ones keeps positions contiguous. Not jitted: it runs
+    inside the trainer's jitted step.
     """
     p = prompt_tokens.shape[1]
     tokens = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)], axis=1)  # [N, P+T]
@@ -194,5 +195,11 @@ def completion_logps(config: model_lib.ModelConfig, params, prompt_tokens: jax.A
     # Off-by-one: the output at index i predicts token i+1, so completion token t (index P+t) is
     # predicted at index P+t-1; indices P-1 .. P+T-2 give all T completion tokens. Slice before the
     # LM head so the V-wide matmul runs on T positions only.
-    logits = model_lib.lm_head(config, params, hidden[:, p - 1 : -1])  # [N, T, V]
+    return model_lib.lm_head(config, params, hidden[:, p - 1 : -1])  # [N, T, V]
+
+
+def completion_logps(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                     completion_tokens: jax.Array, *, temperature=1.0) -> jax.Array:
+    """Training-side log-probs of completion_tokens i32[N, T] given left-padded prompts -> f32[N, T]."""
+    logits = completion_logits(config, params, prompt_tokens, prompt_mask, completion_tokens)
     return token_logps(logits, completion_tokens, temperature=temperature)

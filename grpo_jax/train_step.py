@@ -31,6 +31,7 @@ import optax
 from grpo_jax import losses
 from grpo_jax import model as model_lib
 from grpo_jax import sharding
+from grpo_jax.sampling import completion_logits  # the one scoring function, shared with SFT
 
 
 class TrainState(NamedTuple):
@@ -72,24 +73,6 @@ def make_optimizer(*, learning_rate, max_grad_norm=1.0, b1=0.9, b2=0.99, weight_
         lr = learning_rate
     adam = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam) if max_grad_norm > 0 else adam
-
-
-def completion_logits(config: model_lib.ModelConfig, params, prompt_tokens, prompt_mask,
-                      completion_tokens) -> jax.Array:
-    """f32[N, T, V]: the logits that score each completion token, from one full forward.
-
-    The forward runs over concat(prompt, completion); the logit at position t predicts token t + 1,
-    so completion token j is scored by the logit at position P - 1 + j.
-    """
-    p = prompt_tokens.shape[1]
-    t = completion_tokens.shape[1]
-    tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)  # [N, P + T]
-    # Completion positions after the first EOS are attended to but never scored (the loss masks
-    # them), so an all-ones completion mask is correct and keeps positions contiguous.
-    mask = jnp.concatenate([prompt_mask, jnp.ones_like(completion_tokens, prompt_mask.dtype)], axis=1)
-    hidden = model_lib.hidden_states(config, params, tokens, attention_mask=mask)  # [N, P + T, D]
-    # Slice before the V-wide head matmul: prompt positions are never scored.
-    return model_lib.lm_head(config, params, hidden[:, p - 1: p - 1 + t])  # [N, T, V]
 
 
 def _entropy(logits, temperature, mask):

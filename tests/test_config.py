@@ -65,6 +65,8 @@ def test_mesh_validation():
     validate(c, num_devices=8)
     with pytest.raises(ConfigError, match=r"`mesh.data` x `mesh.fsdp` = 4 x 2 .* \(4\)"):
         validate(c, num_devices=4)
+    c.mesh.data, c.mesh.fsdp = 2, 1
+    assert cfg.mesh_shape(c, 8) == (2, 1)  # a mesh may use the first devices only
     c.mesh.data, c.mesh.fsdp = 1, -1
     assert cfg.mesh_shape(c, 8) == (1, 8)
     # 16 prompts x G = 8 = 128 rows: not divisible by 3 devices.

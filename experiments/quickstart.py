@@ -1,0 +1,30 @@
+"""The quick start (`make train`): a tiny Qwen2-shaped model learns 2-digit addition on a laptop CPU.
+
+    python -m grpo_jax.train --config experiments/quickstart.py --workdir runs/quickstart
+
+A random-init 4-layer Qwen2-architecture model (d=128, GQA 4/2 heads, tied embeddings, q/k/v bias)
+with the built-in character tokenizer is first warm-started with SFT on the synthetic arithmetic
+task in the `<reasoning>…</reasoning><answer>…</answer>` format, stopped early at a modest held-out
+accuracy, then trained with GRPO (G = 8, 16 prompts per step, beta = 0.04, clip-by-norm 1.0).
+Held-out greedy accuracy is measured on 512 problems never seen in training.
+
+Expected (2-core CPU): see README.md "Quick start" for the measured curve.
+"""
+from grpo_jax.config import Config
+
+
+def get_config() -> Config:
+    c = Config()
+    c.sft.steps = 150
+    c.sft.batch_size = 64
+    c.sft.learning_rate = 3e-3
+    c.sft.warmup_steps = 20
+    c.optim.learning_rate = 5e-5
+    c.train.steps = 400
+    c.train.eval_every = 50
+    c.train.checkpoint_every = 50
+    c.task.eval_size = 512
+    c.task.instruction = False  # the format is learnt in SFT; prompts are just "What is 47+39?"
+    c.sampling.max_prompt_length = 16
+    c.sampling.max_new_tokens = 24
+    return c

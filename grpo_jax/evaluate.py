@@ -1,0 +1,109 @@
+"""Evaluation with the training verifiers: greedy pass@1, and pass@k / maj@k from k samples.
+
+    pass@1 (greedy)  fraction of problems whose temperature-0 completion is correct
+    pass@k           fraction with at least one correct completion among k samples
+    maj@k            fraction where the most frequent extracted answer among k samples is
+                     correct (ties broken by first occurrence; unparseable answers never vote)
+
+    python -m grpo_jax.evaluate --config experiments/NAME.py --workdir runs/NAME [--config.a.b=v]
+
+evaluates the workdir's latest checkpoint (or the initial model when there is none) on the task's
+held-out split and prints one `RESULT ...` line.
+"""
+
+import collections
+import sys
+
+import jax
+import numpy as np
+
+from grpo_jax import rewards as rewards_lib
+from grpo_jax import sampling
+from grpo_jax import tokenizer as tok_lib
+
+
+def _padded_batches(items, batch_size):
+    """Fixed-size batches (the last one padded by repeating its first item), so the sampler
+    compiles once; yields (batch, number of real items)."""
+    for start in range(0, len(items), batch_size):
+        chunk = list(items[start:start + batch_size])
+        real = len(chunk)
+        chunk += [chunk[0]] * (batch_size - real)
+        yield chunk, real
+
+
+def generate(model_config, params, tokenizer, prompts, *, key, batch_size, max_prompt_length,
+             max_new_tokens, temperature, put, chat=False, system=None, top_k=0, top_p=1.0):
+    """Completions (text) for a list of prompt strings, in fixed-size sharded batches."""
+    out = []
+    for i, (chunk, real) in enumerate(_padded_batches(prompts, batch_size)):
+        ptok, pmask = tok_lib.encode_prompts(tokenizer, chunk, max_length=max_prompt_length, chat=chat,
+                                             system=system or None)
+        rollout = sampling.sample(model_config, params, put(ptok), put(pmask), jax.random.fold_in(key, i),
+                                  max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
+                                  temperature=temperature, top_k=top_k, top_p=top_p)
+        tokens, mask = to_host((rollout.tokens, rollout.mask))
+        out += tok_lib.decode_completions(tokenizer, tokens, mask)[:real]
+    return out
+
+
+def to_host(tree):
+    """Device arrays -> numpy, also for arrays sharded across processes (multi-host runs)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
+def majority_correct(completions, gold, *, style, score) -> float:
+    answers = [rewards_lib.extract_answer(c, style=style) for c in completions]
+    votes = collections.Counter(a.strip() for a in answers if a is not None and a.strip())
+    if not votes:
+        return 0.0
+    best = max(votes.items(), key=lambda kv: kv[1])[0]  # Counter keeps first-seen order on ties
+    first = next(c for c, a in zip(completions, answers) if a is not None and a.strip() == best)
+    return score(first, gold)
+
+
+def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prompt_length,
+             max_new_tokens, put, pass_k=0, temperature=1.0, chat=False, system=None) -> dict:
+    """{"eval_accuracy": greedy pass@1, and with pass_k > 0: "eval_pass@k", "eval_maj@k"}."""
+    examples = task.eval_examples
+    prompts = [task.prompt(e) for e in examples]
+    common = dict(batch_size=batch_size, max_prompt_length=max_prompt_length,
+                  max_new_tokens=max_new_tokens, put=put, chat=chat, system=system)
+    greedy = generate(model_config, params, tokenizer, prompts, key=key, temperature=0.0, **common)
+    correct = [task.correct(c, e) for c, e in zip(greedy, examples)]
+    result = {"eval_accuracy": float(np.mean(correct)), "eval_examples": len(examples)}
+    if pass_k > 0:
+        repeated = [p for p in prompts for _ in range(pass_k)]  # problem-major
+        samples = generate(model_config, params, tokenizer, repeated, key=jax.random.fold_in(key, 1),
+                           temperature=temperature, **common)
+        ok = np.array([task.correct(c, e) for c, e in zip(samples, [e for e in examples for _ in range(pass_k)])])
+        ok = ok.reshape(len(examples), pass_k)
+        result[f"eval_pass@{pass_k}"] = float(ok.max(axis=1).mean())
+        maj = [majority_correct(samples[i * pass_k:(i + 1) * pass_k], e, style=task.style,
+                                score=task.correct) for i, e in enumerate(examples)]
+        result[f"eval_maj@{pass_k}"] = float(np.mean(maj))
+    return result
+
+
+def main(argv=None) -> int:
+    from grpo_jax import train  # the program's set-up (model, task, mesh) is shared with training
+
+    argv = sys.argv[1:] if argv is None else argv
+    setup = train.setup(argv, for_eval=True)
+    metrics = evaluate(setup.model_config, setup.params, setup.tokenizer, setup.task,
+                       key=jax.random.key(setup.config.train.seed + 1),
+                       batch_size=setup.config.train.eval_batch_size,
+                       max_prompt_length=setup.config.sampling.max_prompt_length,
+                       max_new_tokens=setup.config.sampling.max_new_tokens, put=setup.put,
+                       pass_k=setup.config.train.pass_k, temperature=setup.config.sampling.temperature,
+                       chat=setup.config.task.chat_template, system=setup.config.task.system_prompt)
+    print("RESULT step=%d " % setup.step + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
