@@ -42,11 +42,13 @@ class SFTBatch(NamedTuple):
     target_mask: jax.Array  # f32[N, T] 1 on the target's tokens (EOS included), 0 on padding
 
 
-def sft_texts(example, *, style: str = "reasoning") -> tuple[str, str]:
-    """(prompt text, target text) of one task `Example`: the prompt through `format_prompt`, the
+def sft_texts(example, *, style: str = "reasoning", prompt_fn=None) -> tuple[str, str]:
+    """(prompt text, target text) of one task `Example`: the prompt through `prompt_fn` (default
+    `format_prompt`; the trainer passes its task's, so SFT and GRPO see the same prompts), the
     target `format_target(meta["reasoning"], answer)` (reasoning "" when the task gives none)."""
     reasoning = example.meta.get("reasoning", "") if example.meta else ""
-    return (prompts_lib.format_prompt(example.prompt, style=style),
+    prompt = prompt_fn(example) if prompt_fn else prompts_lib.format_prompt(example.prompt, style=style)
+    return (prompt,
             prompts_lib.format_target(reasoning, example.answer, style=style))
 
 
@@ -145,7 +147,8 @@ def run_sft(model_config: model_lib.ModelConfig, params, tokenizer, example_fn: 
             steps: int, batch_size: int, learning_rate: float, warmup_steps: int = 0, seed: int = 0,
             mesh, style: str = "reasoning", max_prompt_length: int, max_target_length: int,
             chat: bool = False, system: str | None = None, log_every: int = 10,
-            log_fn: Callable[[int, dict], None] | None = None, max_grad_norm: float = 1.0):
+            log_fn: Callable[[int, dict], None] | None = None, max_grad_norm: float = 1.0,
+            prompt_fn: Callable[[Any], str] | None = None):
     """`steps` SFT updates from `params`; returns the trained params, FSDP-sharded on `mesh` (the
     layout `sharding.init_params_sharded` gives). The input `params` are not consumed.
 
@@ -179,7 +182,7 @@ def run_sft(model_config: model_lib.ModelConfig, params, tokenizer, example_fn: 
     block_every = min(log_every, 8)
     for i in range(steps):
         examples = [example_fn(j) for j in range(i * batch_size, (i + 1) * batch_size)]
-        prompt_texts, target_texts = zip(*(sft_texts(ex, style=style) for ex in examples))
+        prompt_texts, target_texts = zip(*(sft_texts(ex, style=style, prompt_fn=prompt_fn) for ex in examples))
         batch = encode_sft_batch(tokenizer, list(prompt_texts), list(target_texts),
                                  max_prompt_length=max_prompt_length, max_target_length=max_target_length,
                                  chat=chat, system=system)

@@ -147,7 +147,8 @@ def build_tokenizer(config: cfg_lib.Config):
     if not path:
         return tok_lib.char_tokenizer(CHAR_ALPHABET)
     if not pathlib.Path(path).exists():
-        raise cfg_lib.ConfigError(f"config key `model.tokenizer` / `model.path`: {path!r} does not exist")
+        key = "model.tokenizer" if m.tokenizer else "model.path"
+        raise cfg_lib.ConfigError(f"config key `{key}`: {path!r} does not exist")
     return tok_lib.load_tokenizer(path)
 
 
@@ -207,7 +208,8 @@ def _sft(s: Setup, log):
         batch_size=c.sft.batch_size, learning_rate=c.sft.learning_rate, warmup_steps=c.sft.warmup_steps,
         seed=c.train.seed, mesh=s.mesh, style=s.task.style, max_prompt_length=c.sampling.max_prompt_length,
         max_target_length=c.sampling.max_new_tokens, chat=c.task.chat_template,
-        system=c.task.system_prompt or None, log_every=max(1, c.sft.steps // 10), log_fn=log)
+        system=c.task.system_prompt or None, log_every=max(1, c.sft.steps // 10), log_fn=log,
+        prompt_fn=s.task.prompt, max_grad_norm=c.optim.max_grad_norm)
 
 
 def run(argv, *, stop_after: int | None = None) -> list[dict]:

@@ -1,0 +1,158 @@
+"""The training program: exact resume, sharded == single device, crash safety, errors before work.
+
+All runs use one tiny configuration (the quick start shrunk: d=32, 2 layers, 4 prompts x G=4,
+24 new tokens) with a short SFT warm start, so rewards and advantages are non-trivial.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from grpo_jax import config as cfg_lib
+from grpo_jax import metrics as metrics_lib
+from grpo_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "experiments" / "quickstart.py")
+TINY = [
+    "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+    "model.head_dim=16", "model.intermediate_size=64", "sft.steps=30", "sft.batch_size=16",
+    "sft.learning_rate=1e-2", "sft.warmup_steps=0", "train.steps=6", "train.prompts_per_step=4",
+    "grpo.group_size=4", "task.eval_size=16", "train.eval_batch_size=16", "train.eval_every=3",
+    "train.checkpoint_every=3", "optim.learning_rate=1e-3",
+    "train.samples_every=3", "rewards.format=1.0",  # format credit varies early on: real advantages
+]
+TIMING = ("sample_seconds", "reward_seconds", "update_seconds", "step_seconds")
+
+
+def argv(workdir, *extra):
+    return ["--config", QUICKSTART, "--workdir", str(workdir)] + [f"--config.{o}" for o in TINY + list(extra)]
+
+
+def rows_without_timing(workdir):
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("sft_")}
+            for r in metrics_lib.read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """6 steps in one go on a 1-device mesh: the reference run."""
+    workdir = tmp_path_factory.mktemp("straight")
+    train.run(argv(workdir, "mesh.data=1", "mesh.fsdp=1"))
+    return workdir
+
+
+def test_straight_run_writes_the_workdir_contract(straight):
+    rows = metrics_lib.read_metrics(straight)
+    steps = [r["step"] for r in rows if "sft_loss" not in r]
+    assert steps == [0, 1, 2, 3, 4, 5, 6]
+    for r in rows:
+        if r["step"] >= 1:
+            for key in ("reward_mean", "loss", "kl", "clip_fraction", "completion_length",
+                        "step_seconds", "grad_norm", "entropy"):
+                assert key in r, key
+    assert {r["step"] for r in rows if "eval_accuracy" in r} == {0, 3, 6}
+    assert any(r["reward_mean"] > 0 for r in rows if r["step"] >= 1), "SFT warm start should give some reward"
+    assert any(r.get("advantage_abs_mean", 0) > 0 for r in rows)
+    samples = metrics_lib.read_metrics(straight, kind="samples")
+    assert [s["step"] for s in samples] == [3, 6]
+    config = cfg_lib.from_dict(json.loads((straight / "config.json").read_text()))
+    assert config.train.steps == 6 and config.model.hidden_size == 32
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "3", "6"]
+    assert any((straight / "tb").iterdir())
+
+
+def test_resume_is_exact(straight, tmp_path):
+    # 3 steps, "crash", resume to 6: identical metric rows (bitwise, timing columns aside).
+    train.run(argv(tmp_path, "mesh.data=1", "mesh.fsdp=1"), stop_after=3)
+    assert [r["step"] for r in rows_without_timing(tmp_path)][-1] == 3
+    train.run(argv(tmp_path, "mesh.data=1", "mesh.fsdp=1"))
+    assert rows_without_timing(tmp_path) == rows_without_timing(straight)
+
+
+def test_sharded_4x2_matches_single_device(straight, tmp_path):
+    train.run(argv(tmp_path, "mesh.data=4", "mesh.fsdp=2", "train.steps=1", "train.eval_every=0"))
+    one = next(r for r in rows_without_timing(straight) if r["step"] == 1)
+    eight = next(r for r in rows_without_timing(tmp_path) if r["step"] == 1)
+    for key in ("reward_mean", "loss", "kl", "clip_fraction", "entropy", "grad_norm", "completion_length"):
+        assert eight[key] == pytest.approx(one[key], abs=1e-4), key
+
+
+_KILLED_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from orbax.checkpoint._src.serialization import serialization
+    from grpo_jax import train
+
+    original = serialization.async_serialize_from_host
+    calls = {"n": 0}
+    async def write(*args, **kwargs):
+        await original(*args, **kwargs)
+        calls["n"] += 1
+        if os.path.exists(os.path.join(sys.argv[1], "checkpoints", "3")):
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-way through writing the step-6 checkpoint
+    serialization.async_serialize_from_host = write
+    train.run(["--config", sys.argv[2], "--workdir", sys.argv[1]] + sys.argv[3:])
+    print("SURVIVED", flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_checkpoint_resumes_from_last_complete_one(straight, tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(_KILLED_CHILD)
+    workdir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    args = [f"--config.{o}" for o in TINY] + ["--config.mesh.data=1", "--config.mesh.fsdp=1"]
+    proc = subprocess.run([sys.executable, str(script), str(workdir), QUICKSTART, *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
+    assert "SURVIVED" not in proc.stdout
+    # Step 3 is committed; step 6 was cut mid-write, so only its tmp dir exists.
+    names = [p.name for p in (workdir / "checkpoints").iterdir()]
+    assert "3" in names and "6" not in names, names
+    train.run(argv(workdir, "mesh.data=1", "mesh.fsdp=1"))
+    assert rows_without_timing(workdir) == rows_without_timing(straight)
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
+    # A learning rate of 1e30 blows the params up: the run must stop, naming the last checkpoint,
+    # and never write a checkpoint of the broken state.
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* last good checkpoint is step \d"):
+        train.run(argv(tmp_path, "mesh.data=1", "mesh.fsdp=1", "optim.learning_rate=1e30",
+                       "optim.max_grad_norm=0", "train.checkpoint_every=1", "train.steps=6",
+                       "sft.steps=0", "grpo.beta=0.04"))
+    from grpo_jax.checkpoint import Checkpointer
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        last = ckpt.latest_step()
+    rows = metrics_lib.read_metrics(tmp_path)
+    assert all(r["step"] <= last or r["step"] == last + 1 for r in rows)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["grpo.betta=0.1"], r"unknown config key `grpo.betta`"),
+    (["grpo.group_size=1"], r"`grpo.group_size` = 1"),
+    (["model.path=/nonexistent/model"], r"`model.path`: '/nonexistent/model' does not exist"),
+    (["task.name=gsm8k", "task.data_path=/nonexistent/gsm8k"], r"`task.data_path`"),
+    (["mesh.data=3"], r"divisible by the mesh's 3 devices"),
+])
+def test_bad_input_fails_before_any_work(tmp_path, extra, match):
+    with pytest.raises(cfg_lib.ConfigError, match=match):
+        train.run(argv(tmp_path / "w", *extra))
+    assert not (tmp_path / "w").exists()  # nothing written
+
+
+def test_workdir_of_another_experiment_is_refused(straight):
+    with pytest.raises(cfg_lib.ConfigError, match=r"different config \(keys grpo.beta\)"):
+        train.run(argv(straight, "mesh.data=1", "mesh.fsdp=1", "grpo.beta=0.0"))
+
+
+def test_main_reports_config_errors(tmp_path, capsys):
+    assert train.main(argv(tmp_path, "grpo.loss_type=ppo")) == 2
+    assert "grpo.loss_type" in capsys.readouterr().err
