@@ -1,0 +1,99 @@
+"""grpo_jax vs TRL's GRPOTrainer, one GRPO step, alternating runs in one invocation.
+
+    python -m benchmarks.vs_trl [--model-dir benchmarks/_models/tiny_qwen2] [--runs 3] [--steps 5]
+                                [--new-tokens 64 256]
+
+Creates benchmarks/_venv_trl (torch==2.13.0, the cached CPU wheel, installed first and pinned, then
+trl==1.16.0) when absent, and the tiny Qwen2 dir (benchmarks/make_tiny_qwen2.py) when absent. For each
+completion length it alternates `python -m benchmarks.grpo_step` (this venv) and
+`benchmarks/trl_grpo_step.py` (the TRL venv) `--runs` times; each run times `--steps` steps after a
+first (compile / warm-up) step, reports its median, and this script prints the median over runs of
+both sides and their ratio. Workload: 8 prompts x G = 8, beta = 0.04, 1 update per batch, fp32, no
+gradient checkpointing, no early EOS, the digit-fraction reward.
+
+Prints per completion length:
+  RESULT new_tokens=T grpo_jax_sec_per_step=... trl_sec_per_step=... speedup=... (+ phase medians)
+"""
+import argparse
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+VENV = ROOT / "benchmarks" / "_venv_trl"
+TRL_PY = VENV / "bin" / "python"
+
+
+def ensure_trl_venv():
+    if TRL_PY.exists():
+        return
+    print(f"creating {VENV} (torch==2.13.0 first, then trl==1.16.0)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(TRL_PY), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + ["trl==1.16.0"], check=True)
+    out = subprocess.run([str(TRL_PY), "-c", "import torch, trl, transformers; print(torch.__version__, "
+                          "trl.__version__, transformers.__version__)"], check=True, capture_output=True, text=True)
+    print(f"TRL venv: torch, trl, transformers = {out.stdout.strip()}", flush=True)
+    if not out.stdout.startswith("2.13.0"):
+        raise SystemExit(f"the TRL venv pulled another torch: {out.stdout}")
+
+
+def parse_result(text: str) -> dict:
+    lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError("no RESULT line in:\n" + text[-3000:])
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.eE+]+)", lines[-1])}
+
+
+def run(cmd, label) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode:
+        raise RuntimeError(f"{label} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = parse_result(proc.stdout)
+    print(f"  {label}: {result['sec_per_step_median']:.3f} s/step  ({proc.stdout.splitlines()[-1][:200]})",
+          flush=True)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default="benchmarks/_models/tiny_qwen2")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--beta", type=float, default=0.04)
+    args = parser.parse_args()
+
+    ensure_trl_venv()
+    if not (ROOT / args.model_dir / "config.json").exists():
+        subprocess.run([sys.executable, "-m", "benchmarks.make_tiny_qwen2", args.model_dir], check=True, cwd=ROOT)
+    common = ["--model-dir", args.model_dir, "--prompts", "8", "--group-size", "8", "--beta", str(args.beta)]
+    for t in args.new_tokens:
+        print(f"max_new_tokens={t}: alternating {args.runs} runs x {args.steps} timed steps", flush=True)
+        ours, theirs = [], []
+        for i in range(args.runs):
+            ours.append(run([sys.executable, "-m", "benchmarks.grpo_step", *common, "--max-prompt-len", "32",
+                             "--max-new-tokens", str(t), "--steps", str(args.steps)], f"run {i} grpo_jax"))
+            theirs.append(run([str(TRL_PY), "benchmarks/trl_grpo_step.py", *common, "--max-new-tokens", str(t),
+                               "--steps", str(args.steps)], f"run {i} trl"))
+
+        def med(rs, k):
+            return statistics.median(r[k] for r in rs)
+
+        a, b = med(ours, "sec_per_step_median"), med(theirs, "sec_per_step_median")
+        print(f"RESULT new_tokens={t} grpo_jax_sec_per_step={a:.4g} trl_sec_per_step={b:.4g} speedup={b / a:.3g} "
+              f"grpo_jax_sample_s={med(ours, 'sample_s'):.4g} trl_generate_s={med(theirs, 'generate_s'):.4g} "
+              f"grpo_jax_update_s={med(ours, 'update_s'):.4g} "
+              f"trl_score_plus_update_s={med(theirs, 'score_s') + med(theirs, 'update_s'):.4g} "
+              f"grpo_jax_roofline_fraction={med(ours, 'roofline_fraction'):.3g} "
+              f"grpo_jax_peak_rss_mb={med(ours, 'peak_rss_mb'):.0f} trl_peak_rss_mb={med(theirs, 'peak_rss_mb'):.0f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
