@@ -153,6 +153,19 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
 _sample_jit = jax.jit(_sample, static_argnames=("config", "max_new_tokens", "top_k", "top_p", "prompt_sharding"))
 
 
+def sample_traced(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                  key: jax.Array, *, max_new_tokens: int, eos_id, temperature=1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> Rollout:
+    """The un-jitted sampler body, for callers that trace it inside a larger program (jit / vmap,
+    e.g. `grpo_jax.sweep`). Same contract as `sample`, but `temperature` may be a traced scalar and
+    nothing is validated or placed: no prompt sharding (one device, or whatever the caller's jit does).
+    """
+    eos_ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
+    return _sample(config, params, prompt_tokens, prompt_mask, key, jnp.asarray(temperature, jnp.float32),
+                   jnp.asarray(eos_ids, jnp.int32), max_new_tokens=int(max_new_tokens), top_k=int(top_k),
+                   top_p=float(top_p), prompt_sharding=None)
+
+
 def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
            key: jax.Array, *, max_new_tokens: int, eos_id, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0) -> Rollout:
