@@ -17,6 +17,7 @@ optimizer state and step needs restoring.
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import string
 import sys
@@ -219,7 +220,12 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
     c, workdir = s.config, s.workdir
     _check_workdir_config(workdir, c)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(cfg_lib.to_dict(c), indent=2, sort_keys=True))
+    if jax.process_index() == 0:
+        # One writer, atomically (tmp + rename): in a multi-process run over a shared workdir the
+        # other processes may be reading config.json in `_check_workdir_config` right now.
+        tmp = workdir / f"config.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(cfg_lib.to_dict(c), indent=2, sort_keys=True))
+        os.replace(tmp, workdir / "config.json")
     g = c.grpo
     use_reference = g.beta > 0
     optimizer = make_optimizer(c)
@@ -360,7 +366,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     evals = [r for r in rows if "eval_accuracy" in r]
-    if evals:
+    if evals and jax.process_index() == 0:  # one RESULT line per run, not per process
         print(f"RESULT eval_accuracy_first={evals[0]['eval_accuracy']:.4f} "
               f"eval_accuracy_last={evals[-1]['eval_accuracy']:.4f} steps={rows[-1]['step']}")
     return 0
