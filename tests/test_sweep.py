@@ -135,8 +135,9 @@ def _sft_params(steps):
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
     params = model_lib.init_params(TINY, jax.random.key(0))
     return sft.run_sft(TINY, params, TOK, lambda i: arithmetic.example(0, i), steps=steps, batch_size=32,
-                       learning_rate=1e-2, warmup_steps=5, mesh=mesh, max_prompt_length=12,
-                       max_target_length=32, log_every=steps)
+                       learning_rate=1e-2, warmup_steps=5, mesh=mesh, max_prompt_length=16,
+                       max_target_length=32, log_every=steps,
+                       prompt_fn=lambda e: e.prompt)
 
 
 @pytest.mark.slow
@@ -144,14 +145,22 @@ def test_verifier_matches_host_on_sampled_completions():
     """Hundreds of completions sampled (temperature 1.5) from a briefly warm-started model."""
     params = jax.device_get(_sft_params(120))
     examples = [arithmetic.example(0, i, split="eval") for i in range(64)]
-    prompts = sweep.encode_batch(TOK, examples, max_prompt_length=12)
+    prompts = sweep.encode_batch(TOK, examples, max_prompt_length=16)
     rep = lambda x: np.repeat(x, 6, axis=0)  # noqa: E731  384 rows
     rollout = sampling.sample(TINY, params, rep(prompts.prompt_tokens), rep(prompts.prompt_mask),
                               jax.random.key(1), max_new_tokens=32, eos_id=EOS, temperature=1.5)
+    tokens, mask = np.asarray(rollout.tokens), np.asarray(rollout.mask)
+    texts = tok_lib.decode_completions(TOK, tokens, mask, eos_id=EOS)
     golds = [e.answer for e in examples for _ in range(6)]
-    host, got, texts = _agree(np.asarray(rollout.tokens), np.asarray(rollout.mask), golds)
+    # A tiny model rarely gets the sum right: on odd rows take the integer it wrote (if any) as the
+    # gold, so both outcomes occur on real sampled text.
+    for i in range(1, len(golds), 2):
+        written = rewards.normalize_number(rewards.extract_answer(texts[i]) or "")
+        if written is not None and "." not in written and len(written) <= 8:
+            golds[i] = written
+    host, got, texts = _agree(tokens, mask, golds)
     formatted = np.mean(["<answer>" in t and "</answer>" in t for t in texts])
-    assert formatted > 0.3 and 0.0 < host.mean(), (formatted, host.mean(), texts[:4])
+    assert formatted > 0.3 and 0.1 < host.mean() < 0.9, (formatted, host.mean(), texts[:4])
     bad = np.nonzero(got != host)[0]
     assert not len(bad), [(texts[i], golds[i], host[i]) for i in bad[:5]]
 
@@ -247,8 +256,8 @@ def test_vmapped_sweep_equals_one_by_one():
     optimizer = optax.adam(1e-3)
     params = model_lib.init_params(TINY, jax.random.key(0))
     state = sweep.init_state(params, optimizer)
-    iteration = sweep.build_grpo_iteration(TINY, optimizer, _dense_reward, group_size=4, max_new_tokens=8,
-                                           eos_id=EOS, num_iterations=2)
+    iteration = sweep.build_grpo_iteration(TINY, optimizer, _dense_reward, group_size=4, max_new_tokens=6,
+                                           eos_id=EOS)
     examples = [arithmetic.example(0, i) for i in range(4)]
     batches = [sweep.encode_batch(TOK, examples[2 * s : 2 * s + 2], max_prompt_length=16) for s in range(2)]
     seeds = [0, 0, 1, 1]
@@ -267,6 +276,6 @@ def test_vmapped_sweep_equals_one_by_one():
                 np.testing.assert_allclose(history[step][k][c], v, rtol=1e-5, atol=1e-5, err_msg=f"{c} {step} {k}")
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x[c], y, atol=1e-5), vstate.params, s.params)
     # The configurations really differ: otherwise the comparison proves little.
-    assert len({round(float(x), 6) for x in history[1]["loss"]}) == 4
-    assert np.all(history[1]["clip_fraction"] >= 0) and history[1]["clip_fraction"].max() > 0
+    flat = np.concatenate([np.asarray(x).reshape(4, -1) for x in jax.tree.leaves(vstate.params)], axis=1)
+    assert min(np.abs(flat[i] - flat[j]).max() for i in range(4) for j in range(i)) > 1e-4
     assert history[0]["reward_mean"][0] != history[0]["reward_mean"][2]  # seeds sample differently
