@@ -144,7 +144,11 @@ class SFTSection:
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 0
+    # Early stop: every `eval_every` steps, greedy accuracy on `validation_size` held-out problems
+    # (disjoint from the reported eval set); stop once it reaches `stop_accuracy` (0 = run all steps).
     eval_every: int = 0
+    stop_accuracy: float = 0.0
+    validation_size: int = 128
 
 
 @dataclasses.dataclass(slots=True)
@@ -383,6 +387,11 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(sft.steps >= 0, "sft.steps", sft.steps, ">= 0")
     _check(sft.batch_size >= 1, "sft.batch_size", sft.batch_size, ">= 1")
     _check(sft.learning_rate > 0, "sft.learning_rate", sft.learning_rate, "> 0")
+    _check(sft.eval_every >= 0, "sft.eval_every", sft.eval_every, ">= 0 (0 = off)")
+    _check(0 <= sft.stop_accuracy <= 1, "sft.stop_accuracy", sft.stop_accuracy, "in [0, 1] (0 = off)")
+    _check(sft.stop_accuracy == 0 or sft.eval_every > 0, "sft.eval_every", sft.eval_every,
+           "> 0 when sft.stop_accuracy is set (how often to check it)")
+    _check(sft.validation_size >= 1, "sft.validation_size", sft.validation_size, ">= 1")
     for key in ("data", "fsdp"):
         value = getattr(config.mesh, key)
         _check(value == -1 or value >= 1, f"mesh.{key}", value, ">= 1, or -1 for all remaining devices")

@@ -148,7 +148,8 @@ def run_sft(model_config: model_lib.ModelConfig, params, tokenizer, example_fn: 
             mesh, style: str = "reasoning", max_prompt_length: int, max_target_length: int,
             chat: bool = False, system: str | None = None, log_every: int = 10,
             log_fn: Callable[[int, dict], None] | None = None, max_grad_norm: float = 1.0,
-            prompt_fn: Callable[[Any], str] | None = None):
+            prompt_fn: Callable[[Any], str] | None = None,
+            stop_fn: Callable[[int, Any], bool] | None = None, stop_every: int = 0):
     """`steps` SFT updates from `params`; returns the trained params, FSDP-sharded on `mesh` (the
     layout `sharding.init_params_sharded` gives). The input `params` are not consumed.
 
@@ -159,6 +160,9 @@ def run_sft(model_config: model_lib.ModelConfig, params, tokenizer, example_fn: 
     Metrics are fetched after step s (1-based) when s % log_every == 0 and after the last step, and
     passed to `log_fn(s, {name: float})`. That fetch blocks; independently, the loop blocks at least
     every 8 steps, which keeps a sharded CPU run out of the collective deadlock (ENVIRONMENT.md).
+
+    `stop_fn(step, params) -> bool`, called every `stop_every` steps, ends SFT early when it returns
+    True (the trainer stops at a held-out accuracy).
 
     `seed` has no effect today and is accepted for call-site symmetry with GRPO: SFT has no
     randomness (no dropout; the data order is example_fn's, the init is the caller's), so two runs
@@ -195,6 +199,9 @@ def run_sft(model_config: model_lib.ModelConfig, params, tokenizer, example_fn: 
                 log_fn(done, fetched)
         elif done % block_every == 0:
             jax.block_until_ready(metrics)
+        if stop_fn is not None and stop_every and done % stop_every == 0 and done < steps:
+            if stop_fn(done, state.params):
+                break
     return state.params
 
 

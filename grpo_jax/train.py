@@ -48,7 +48,8 @@ CHAR_ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n
 class Task(NamedTuple):
     style: str
     train_example: Callable[[int], Example]  # index -> Example, a pure function
-    eval_examples: list
+    eval_examples: list  # the reported held-out set
+    validation_examples: list  # held out too, disjoint from eval_examples: for SFT early stopping
     prompt: Callable[[Example], str]
     correct: Callable[[str, Example], float]  # the correctness verifier
     verifiers: dict  # name -> fn(completion, Example) -> float, for rewards.combine
@@ -68,10 +69,12 @@ def make_task(config: cfg_lib.Config) -> Task:
     correct = lambda c, e: rewards_lib.correctness(c, e.answer, style=style)  # noqa: E731
     if t.name == "arithmetic":
         train = lambda i: arithmetic.example(seed, i, num_digits=t.num_digits)  # noqa: E731
-        evals = [arithmetic.example(seed, i, num_digits=t.num_digits, split="eval") for i in range(t.eval_size)]
+        held_out = [arithmetic.example(seed, i, num_digits=t.num_digits, split="eval")
+                    for i in range(t.eval_size + config.sft.validation_size)]
     elif t.name == "countdown":
         train = lambda i: countdown.example(seed, i, num_numbers=t.num_numbers)  # noqa: E731
-        evals = [countdown.example(seed, i, num_numbers=t.num_numbers, split="eval") for i in range(t.eval_size)]
+        held_out = [countdown.example(seed, i, num_numbers=t.num_numbers, split="eval")
+                    for i in range(t.eval_size + config.sft.validation_size)]
         correct = lambda c, e: rewards_lib.countdown_reward(  # noqa: E731
             c, e.meta["numbers"], e.meta["target"], style=style)
     else:
@@ -79,18 +82,20 @@ def make_task(config: cfg_lib.Config) -> Task:
         if not path.exists():
             raise cfg_lib.ConfigError(f"config key `task.data_path`: {str(path)!r} does not exist")
         if t.name == "gsm8k":
-            train_records, evals = gsm8k.load(path, t.train_split), gsm8k.load(path, t.eval_split)
+            train_records, held_out = gsm8k.load(path, t.train_split), gsm8k.load(path, t.eval_split)
         elif t.name == "math500":
-            train_records = evals = math500.load(path, t.eval_split)  # MATH-500 is an eval set
+            train_records = held_out = math500.load(path, t.eval_split)  # MATH-500 is an eval set
             correct = lambda c, e: rewards_lib.math_reward(c, e.answer, style=style)  # noqa: E731
         else:  # svamp: one file, split by the held-out hash of each problem
             records = svamp.load(path)
             from grpo_jax.tasks import in_eval_split
-            evals = [r for r in records if in_eval_split(("svamp", r.prompt))]
+            held_out = [r for r in records if in_eval_split(("svamp", r.prompt))]
             train_records = [r for r in records if not in_eval_split(("svamp", r.prompt))]
         train = _dataset_order(train_records, seed)
-        evals = evals[: t.eval_size] if t.eval_size else evals
-    return Task(style=style, train_example=train, eval_examples=evals,
+    # The first eval_size held-out problems are reported; the next validation_size steer SFT.
+    size = t.eval_size or len(held_out)
+    evals, validation = held_out[:size], held_out[size: size + config.sft.validation_size]
+    return Task(style=style, train_example=train, eval_examples=evals, validation_examples=validation,
                 prompt=(lambda e: prompts.format_prompt(e.prompt, style=style)) if t.instruction
                 else (lambda e: e.prompt), correct=correct,
                 verifiers={"correctness": correct,
@@ -204,13 +209,30 @@ def _checkpoint_tree(c: cfg_lib.Config, state, ref_params) -> dict:
 def _sft(s: Setup, log):
     from grpo_jax import sft
     c = s.config
+
+    def stop(step, params):
+        if not c.sft.stop_accuracy or not s.task.validation_examples:
+            return False
+        accuracy = eval_lib.evaluate(
+            s.model_config, params, s.tokenizer, s.task._replace(eval_examples=s.task.validation_examples),
+            key=jax.random.key(0), batch_size=c.train.eval_batch_size,
+            max_prompt_length=c.sampling.max_prompt_length, max_new_tokens=c.sampling.max_new_tokens,
+            put=s.put, chat=c.task.chat_template, system=c.task.system_prompt)["eval_accuracy"]
+        log(step, {"sft_validation_accuracy": accuracy})
+        if accuracy >= c.sft.stop_accuracy:
+            print(f"SFT stopped at step {step}: validation accuracy {accuracy:.3f} >= "
+                  f"sft.stop_accuracy={c.sft.stop_accuracy}", file=sys.stderr)
+            return True
+        return False
+
     return sft.run_sft(
         s.model_config, s.params, s.tokenizer, s.task.train_example, steps=c.sft.steps,
         batch_size=c.sft.batch_size, learning_rate=c.sft.learning_rate, warmup_steps=c.sft.warmup_steps,
         seed=c.train.seed, mesh=s.mesh, style=s.task.style, max_prompt_length=c.sampling.max_prompt_length,
         max_target_length=c.sampling.max_new_tokens, chat=c.task.chat_template,
         system=c.task.system_prompt or None, log_every=max(1, c.sft.steps // 10), log_fn=log,
-        prompt_fn=s.task.prompt, max_grad_norm=c.optim.max_grad_norm)
+        prompt_fn=s.task.prompt, max_grad_norm=c.optim.max_grad_norm, stop_fn=stop,
+        stop_every=c.sft.eval_every)
 
 
 def run(argv, *, stop_after: int | None = None) -> list[dict]:
@@ -243,7 +265,8 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
     params = s.params
     if start is None and c.sft.steps > 0:
         print(f"SFT warm start: {c.sft.steps} steps", file=sys.stderr)
-        params = _sft(s, lambda step, m: log(0, {f"sft_{k}": v for k, v in m.items()} | {"sft_step": step}))
+        params = _sft(s, lambda step, m: log(0, {(k if k.startswith("sft_") else f"sft_{k}"): v
+                                                 for k, v in m.items()} | {"sft_step": step}))
     ref_params = jax.tree.map(jnp.copy, params) if use_reference else None
     state = ts.init_state(params, optimizer, s.mesh)
     if start is not None:

@@ -26,7 +26,7 @@ TINY = [
     "sft.learning_rate=1e-2", "sft.warmup_steps=0", "train.steps=6", "train.prompts_per_step=4",
     "grpo.group_size=4", "task.eval_size=16", "train.eval_batch_size=16", "train.eval_every=3",
     "train.checkpoint_every=3", "optim.learning_rate=1e-3",
-    "train.samples_every=3", "rewards.format=1.0",  # format credit varies early on: real advantages
+    "train.samples_every=3", "rewards.format=1.0", "sft.eval_every=15", "sft.validation_size=16",  # format credit varies early on: real advantages
 ]
 TIMING = ("sample_seconds", "reward_seconds", "update_seconds", "step_seconds")
 
@@ -50,7 +50,7 @@ def straight(tmp_path_factory):
 
 def test_straight_run_writes_the_workdir_contract(straight):
     rows = metrics_lib.read_metrics(straight)
-    steps = [r["step"] for r in rows if "sft_loss" not in r]
+    steps = [r["step"] for r in rows if not any(k.startswith("sft_") for k in r)]
     assert steps == [0, 1, 2, 3, 4, 5, 6]
     for r in rows:
         if r["step"] >= 1:
@@ -60,6 +60,8 @@ def test_straight_run_writes_the_workdir_contract(straight):
     assert {r["step"] for r in rows if "eval_accuracy" in r} == {0, 3, 6}
     assert any(r["reward_mean"] > 0 for r in rows if r["step"] >= 1), "SFT warm start should give some reward"
     assert any(r.get("advantage_abs_mean", 0) > 0 for r in rows)
+    # SFT checked its validation accuracy (quick start: stop at 0.3) at step 15 and ran on.
+    assert [r["sft_step"] for r in rows if "sft_validation_accuracy" in r] == [15]
     samples = metrics_lib.read_metrics(straight, kind="samples")
     assert [s["step"] for s in samples] == [3, 6]
     config = cfg_lib.from_dict(json.loads((straight / "config.json").read_text()))
