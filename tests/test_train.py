@@ -60,7 +60,7 @@ def test_straight_run_writes_the_workdir_contract(straight):
     assert {r["step"] for r in rows if "eval_accuracy" in r} == {0, 3, 6}
     assert any(r["reward_mean"] > 0 for r in rows if r["step"] >= 1), "SFT warm start should give some reward"
     assert any(r.get("advantage_abs_mean", 0) > 0 for r in rows)
-    # SFT checked its validation accuracy (quick start: stop at 0.3) at step 15 and ran on.
+    # SFT checked its validation accuracy (quick start: stop at 0.2) at step 15 and ran on.
     assert [r["sft_step"] for r in rows if "sft_validation_accuracy" in r] == [15]
     samples = metrics_lib.read_metrics(straight, kind="samples")
     assert [s["step"] for s in samples] == [3, 6]
