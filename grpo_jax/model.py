@@ -158,7 +158,11 @@ def rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
 
 
 def _linear(p: dict, x: jax.Array) -> jax.Array:
-    y = x @ p["kernel"]
+    # A 2-D matmul on [B*L, in] rather than [B, L, in] @ [in, out]: with the 3-D form XLA:CPU
+    # physically transposes the activations before every weight-gradient matmul in the backward
+    # (101 transposes vs 16 in the forward). Measured 1.26x faster quick-start train step
+    # (benchmarks/README.md, linear_layout).
+    y = (x.reshape(-1, x.shape[-1]) @ p["kernel"]).reshape(*x.shape[:-1], p["kernel"].shape[-1])
     return y + p["bias"] if "bias" in p else y
 
 
