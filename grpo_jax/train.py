@@ -14,7 +14,6 @@ sampling key is fold_in(key, t) and its prompts are indices [t*B, (t+1)*B), so n
 optimizer state and step needs restoring.
 """
 
-import dataclasses
 import json
 import math
 import os
