@@ -158,3 +158,30 @@ def test_workdir_of_another_experiment_is_refused(straight):
 def test_main_reports_config_errors(tmp_path, capsys):
     assert train.main(argv(tmp_path, "grpo.loss_type=ppo")) == 2
     assert "grpo.loss_type" in capsys.readouterr().err
+
+
+def test_evaluate_cli_reproduces_the_runs_last_eval(straight, capsys):
+    # `python -m grpo_jax.evaluate` restores the last checkpoint (step 6): its greedy accuracy must
+    # equal the eval the training run logged at step 6 with the same params.
+    from grpo_jax import evaluate
+    assert evaluate.main(argv(straight, "mesh.data=1", "mesh.fsdp=1", "train.pass_k=2")) == 0
+    out = capsys.readouterr().out
+    result = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split()[1:])
+    logged = next(r for r in metrics_lib.read_metrics(straight) if r["step"] == 6 and "eval_accuracy" in r)
+    assert int(result["step"]) == 6
+    assert float(result["eval_accuracy"]) == pytest.approx(logged["eval_accuracy"], abs=1e-4)
+    assert 0.0 <= float(result["eval_maj@2"]) <= float(result["eval_pass@2"]) <= 1.0
+
+
+def test_majority_and_pass_at_k_hand_checked():
+    from grpo_jax import rewards
+    from grpo_jax.evaluate import majority_correct
+    score = lambda c, gold: rewards.correctness(c, gold)  # noqa: E731
+    ans = lambda a: f"<reasoning>x</reasoning><answer>{a}</answer>"  # noqa: E731
+    # Two votes for 5 beat one for 7: correct iff gold is 5.
+    assert majority_correct([ans(7), ans(5), ans(5)], "5", style="reasoning", score=score) == 1.0
+    assert majority_correct([ans(7), ans(5), ans(5)], "7", style="reasoning", score=score) == 0.0
+    # A tie goes to the answer seen first; unparseable completions never vote.
+    assert majority_correct([ans(7), ans(5)], "7", style="reasoning", score=score) == 1.0
+    assert majority_correct(["garbage", "5 or 6", ans(4)], "4", style="reasoning", score=score) == 1.0
+    assert majority_correct(["garbage"], "4", style="reasoning", score=score) == 0.0
