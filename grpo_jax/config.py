@@ -27,6 +27,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_LEVELS = ("token", "sequence")
 TASKS = ("arithmetic", "countdown", "gsm8k", "math500", "svamp")
 PROMPT_STYLES = ("reasoning", "think", "plain")
+WORKINGS = ("equation", "columns")  # arithmetic's SFT working (grpo_jax.tasks.arithmetic.WORKINGS)
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 
@@ -75,6 +76,7 @@ class TaskSection:
     system_prompt: str = ""
     # Synthetic tasks.
     num_digits: int = 2
+    working: str = "equation"  # arithmetic SFT target: "equation" (12+35=47) or "columns" (addition)
     num_numbers: int = 4  # countdown
     eval_size: int = 500  # held-out problems for eval; 0 = the whole eval split
 
@@ -346,6 +348,7 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(t.name not in ("gsm8k", "math500", "svamp") or bool(t.data_path), "task.data_path",
            t.data_path, f"the dataset's file or directory for task {t.name!r}")
     _check(t.num_digits >= 1, "task.num_digits", t.num_digits, ">= 1")
+    _check(t.working in WORKINGS, "task.working", t.working, f"one of {WORKINGS}")
     _check(t.eval_size >= 0, "task.eval_size", t.eval_size, ">= 0")
     for key in ("correctness", "format", "overlong"):
         _check(getattr(r, key) >= 0, f"rewards.{key}", getattr(r, key), ">= 0")

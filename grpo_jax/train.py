@@ -67,8 +67,8 @@ def make_task(config: cfg_lib.Config) -> Task:
     style = t.prompt_style
     correct = lambda c, e: rewards_lib.correctness(c, e.answer, style=style)  # noqa: E731
     if t.name == "arithmetic":
-        train = lambda i: arithmetic.example(seed, i, num_digits=t.num_digits)  # noqa: E731
-        held_out = [arithmetic.example(seed, i, num_digits=t.num_digits, split="eval")
+        train = lambda i: arithmetic.example(seed, i, num_digits=t.num_digits, working=t.working)  # noqa: E731
+        held_out = [arithmetic.example(seed, i, num_digits=t.num_digits, split="eval", working=t.working)
                     for i in range(t.eval_size + config.sft.validation_size)]
     elif t.name == "countdown":
         train = lambda i: countdown.example(seed, i, num_numbers=t.num_numbers)  # noqa: E731

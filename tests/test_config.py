@@ -52,6 +52,7 @@ def test_bad_overrides_name_the_key(override, match):
     ("task.name=gsm8k", r"`task.data_path`"),
     ("train.num_minibatches=3", r"`train.num_minibatches` = 3 .* 128"),
     ("model.num_kv_heads=3", r"`model.num_kv_heads`"),
+    ("task.working=digits", r"`task.working` = 'digits' .*'equation', 'columns'"),
 ])
 def test_invalid_values_name_key_and_allowed(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -195,6 +195,37 @@ def test_arithmetic_options():
             arithmetic.example(0, 0, **kwargs)
 
 
+def test_column_working_by_hand():
+    assert arithmetic.column_working(47, 39) == "7+9=16\n4+3+1=8"
+    assert arithmetic.column_working(98, 83) == "8+3=11\n9+8+1=18"
+    assert arithmetic.column_working(12, 35) == "2+5=7\n1+3=4"
+    assert arithmetic.column_working(5, 7) == "5+7=12"
+    assert arithmetic.column_working(999, 1) == "9+1=10\n9+0+1=10\n9+0+1=10"
+    e = arithmetic.example(0, 0, working="columns")
+    assert e.meta["reasoning"] == "7+9=16\n4+3+1=8"
+    assert e.prompt == arithmetic.example(0, 0).prompt and e.answer == "86"  # same problem, other working
+    with pytest.raises(ValueError, match="addition only"):
+        arithmetic.example(0, 0, ops="+-", working="columns")
+    with pytest.raises(ValueError, match="working must be one of"):
+        arithmetic.example(0, 0, working="digits")
+
+
+@given(a=st.integers(0, 10**6), b=st.integers(0, 10**6))
+def test_column_working_spells_the_sum(a, b):
+    # Reading the answer off the working: the last line's sum, then each earlier line's units digit
+    # from the top line's down to the units column -- and every line is a true one-digit fact.
+    lines = arithmetic.column_working(a, b).split("\n")
+    carry = 0
+    for line in lines:
+        left, total = line.split("=")
+        terms = [int(t) for t in left.split("+")]
+        assert sum(terms) == int(total) and all(0 <= t <= 9 for t in terms[:2])
+        assert terms[2:] == ([1] if carry else [])
+        carry = int(total) // 10
+    digits = lines[-1].split("=")[1] + "".join(line.split("=")[1][-1] for line in reversed(lines[:-1]))
+    assert int(digits) == a + b
+
+
 def test_arithmetic_sft_target():
     e = arithmetic.example(0, 0)
     target = format_target(e.meta["reasoning"], e.answer, style="reasoning")

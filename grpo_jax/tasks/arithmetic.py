@@ -15,19 +15,27 @@ from grpo_jax.tasks import Example, in_eval_split, stable_ints
 
 OPS = "+-*"
 SPLITS = ("train", "eval")
+WORKINGS = ("equation", "columns")
 _MAX_ATTEMPTS = 10_000  # eval accepts ~1 draw in 10; only a degenerate pool can exhaust this
 
 
 def example(
-    seed: int, index: int, *, num_digits: int = 2, ops: str = "+", split: str = "train"
+    seed: int, index: int, *, num_digits: int = 2, ops: str = "+", split: str = "train",
+    working: str = "equation",
 ) -> Example:
     """Problem `index` of `split` for `seed`: operands with exactly `num_digits` digits, an
     operator drawn from `ops` (any of "+-*"). answer = the integer result; meta["reasoning"] is
-    the one-line working "12+35=47" (for SFT targets)."""
+    the working used as the SFT target: `working="equation"` gives the one line "12+35=47",
+    `working="columns"` (addition only) the column sums units first, with the carry written out
+    (`column_working`). The problem itself does not depend on `working`."""
     if not isinstance(num_digits, int) or num_digits < 1:
         raise ValueError(f"num_digits must be an int >= 1, got {num_digits!r}")
     if not ops or any(op not in OPS for op in ops):
         raise ValueError(f"ops must be a non-empty string of {OPS!r}, got {ops!r}")
+    if working not in WORKINGS:
+        raise ValueError(f"working must be one of {WORKINGS}, got {working!r}")
+    if working == "columns" and ops != "+":
+        raise ValueError(f"working='columns' is defined for addition only (ops='+'), got ops={ops!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if index < 0:
@@ -46,5 +54,22 @@ def example(
     return Example(
         prompt=f"What is {problem}?",
         answer=str(result),
-        meta={"id": f"arithmetic/{split}/{seed}/{index}", "a": a, "b": b, "op": op, "reasoning": f"{problem}={result}"},
+        meta={"id": f"arithmetic/{split}/{seed}/{index}", "a": a, "b": b, "op": op, "reasoning": column_working(a, b) if working == "columns" else f"{problem}={result}"},
     )
+
+
+def column_working(a: int, b: int) -> str:
+    """Schoolbook addition as text, one line per column from the units up, the carry added
+    explicitly: 47+39 -> "7+9=16\n4+3+1=8" (the answer 86 reads the last line's sum, then the
+    units digit of each earlier line in reverse). Every line is a single-digit fact, which a tiny
+    model learns far more easily than emitting the sum's digits most-significant first."""
+    if a < 0 or b < 0:
+        raise ValueError(f"column_working needs non-negative operands, got {a} and {b}")
+    da, db = str(a)[::-1], str(b)[::-1]
+    lines, carry = [], 0
+    for i in range(max(len(da), len(db))):
+        x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
+        total = x + y + carry
+        lines.append(f"{x}+{y}" + ("+1" if carry else "") + f"={total}")
+        carry = total // 10
+    return "\n".join(lines)
