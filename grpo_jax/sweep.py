@@ -330,6 +330,10 @@ def build_masked_update(model_config: model_lib.ModelConfig, optimizer: optax.Gr
         metrics["advantage_abs_mean"] = (jnp.abs(advantages) * used).sum() / count
         metrics["reward_mean"] = (rewards * used).sum() / count
         metrics["completion_length"] = (batch.completion_mask.sum(axis=1) * used).sum() / count
+        # Groups whose used rows all got the same reward: advantage 0, no learning signal.
+        grouped, used_g = rewards.reshape(-1, g_max), used.reshape(-1, g_max)
+        spread = jnp.where(used_g > 0, grouped, -jnp.inf).max(1) - jnp.where(used_g > 0, grouped, jnp.inf).min(1)
+        metrics["zero_std_fraction"] = jnp.mean(spread == 0)
         return state, metrics
 
     return update

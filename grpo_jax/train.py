@@ -174,7 +174,14 @@ def _check_workdir_config(workdir: pathlib.Path, config: cfg_lib.Config) -> None
 
 
 def setup(argv, *, for_eval=False) -> Setup:
+    """The program's set-up from its command line (`--config PATH --workdir DIR [--config.a.b=v]`)."""
     config, workdir = cfg_lib.parse_command_line(argv)
+    return setup_from_config(config, workdir, for_eval=for_eval)
+
+
+def setup_from_config(config: cfg_lib.Config, workdir, *, for_eval=False) -> Setup:
+    """Validates `config`, builds the mesh, task, tokenizer and model (params from `model.path`,
+    else a seeded random init); with `for_eval`, params from the workdir's latest checkpoint."""
     cfg_lib.validate(config, num_devices=jax.device_count())
     workdir = pathlib.Path(workdir)
     data, fsdp = cfg_lib.mesh_shape(config, jax.device_count())
@@ -205,7 +212,10 @@ def _checkpoint_tree(c: cfg_lib.Config, state, ref_params) -> dict:
     return {"train": state, "ref": ref_params} if c.grpo.beta > 0 else {"train": state}
 
 
-def _sft(s: Setup, log):
+def warm_start(s: Setup, log):
+    """The SFT warm-start stage on `s.params`: `sft.steps` steps, or fewer when held-out validation
+    accuracy (checked every `sft.eval_every` steps) reaches `sft.stop_accuracy`. Returns the params;
+    `log(step, metrics)` gets the SFT metrics and validation accuracies."""
     from grpo_jax import sft
     c = s.config
 
@@ -264,7 +274,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
     params = s.params
     if start is None and c.sft.steps > 0:
         print(f"SFT warm start: {c.sft.steps} steps", file=sys.stderr)
-        params = _sft(s, lambda step, m: log(0, {(k if k.startswith("sft_") else f"sft_{k}"): v
+        params = warm_start(s, lambda step, m: log(0, {(k if k.startswith("sft_") else f"sft_{k}"): v
                                                  for k, v in m.items()} | {"sft_step": step}))
     ref_params = jax.tree.map(jnp.copy, params) if use_reference else None
     state = ts.init_state(params, optimizer, s.mesh)

@@ -11,10 +11,12 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, monkeypatch):
+def test_notebook_runs(path, monkeypatch, tmp_path_factory):
     nbclient = pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")
     monkeypatch.setenv("GRPO_JAX_NOTEBOOK_SMALL", "1")
+    # One SFT warm start shared by the notebooks, as for a user, but never in the checkout's runs/.
+    monkeypatch.setenv("GRPO_JAX_NOTEBOOK_WORKDIR", str(tmp_path_factory.getbasetemp() / "notebooks"))
     # The kernel inherits this process's environment: one CPU device is what a laptop user has.
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))

@@ -239,6 +239,10 @@ def test_masked_update_equals_genuine_group_size():
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert abs(float(want["loss"])) > 1e-3 and float(want["kl"]) > 1e-3
+    used_rewards = np.asarray(rewards_)[used].reshape(b, g)
+    want_zero = np.mean(used_rewards.std(axis=1) == 0)  # as train.py logs it
+    assert 0 < want_zero < 1 and float(got["zero_std_fraction"]) == pytest.approx(want_zero)
+    assert float(got["reward_mean"]) == pytest.approx(used_rewards.mean())
     assert float(want["clip_fraction"]) > 0  # the second iteration (mu = 2) is off-policy: clipping acts
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), got_state.params, want_state.params)
     moved = jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), want_state.params, state.params)
