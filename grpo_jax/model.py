@@ -220,10 +220,13 @@ def lm_head(config: ModelConfig, params: dict, x: jax.Array) -> jax.Array:
     completion_logps) can slice the hidden states first and skip the V-wide matmul elsewhere.
     """
     x = rms_norm(x, params["norm"]["scale"], eps=config.rms_norm_eps)
+    flat = x.reshape(-1, x.shape[-1])  # 2-D [B*L, D] for the same reason as `_linear`
     if config.tie_embeddings:
-        return jnp.einsum("bld,vd->blv", x, params["embed_tokens"]["embedding"],
-                          preferred_element_type=jnp.float32)
-    return jnp.einsum("bld,dv->blv", x, params["lm_head"]["kernel"], preferred_element_type=jnp.float32)
+        logits = jnp.einsum("nd,vd->nv", flat, params["embed_tokens"]["embedding"],
+                            preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("nd,dv->nv", flat, params["lm_head"]["kernel"], preferred_element_type=jnp.float32)
+    return logits.reshape(*x.shape[:-1], logits.shape[-1])
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
