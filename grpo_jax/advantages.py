@@ -11,8 +11,9 @@ drops the std division because it up-weights groups that are nearly all right or
 "batch" (the Dr. GRPO authors' and TRL's compromise) keeps a scale without that per-question bias.
 `ddof=1` is the unbiased std, as in TRL and the DeepSeek code.
 
-A group whose rewards are all equal has zero centred reward, so its advantage is exactly 0 in every
-mode (the std is 0 and eps keeps the division finite): such prompts carry no learning signal.
+A group whose rewards are all equal carries no learning signal, so its advantage is exactly 0 in every
+mode. That needs an explicit mask: in f32 the group mean of three copies of 2.9229512 is not exactly
+2.9229512, and the ~2e-7 residual divided by (std=0) + eps would become a spurious advantage of ~2e-3.
 """
 
 import jax
@@ -35,7 +36,8 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     grouped = rewards.reshape(n // group_size, group_size)  # [B, G]
-    centred = grouped - grouped.mean(axis=1, keepdims=True)  # [B, G]
+    tied = jnp.all(grouped == grouped[:, :1], axis=1, keepdims=True)  # [B, 1]: no signal in this group
+    centred = jnp.where(tied, 0.0, grouped - grouped.mean(axis=1, keepdims=True))  # [B, G]
     if scale == "group":
         centred = centred / (grouped.std(axis=1, ddof=ddof, keepdims=True) + eps)
     elif scale == "batch":

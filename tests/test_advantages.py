@@ -5,7 +5,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from grpo_jax.advantages import group_advantages
@@ -41,10 +41,21 @@ def test_none_scale_is_centering_only():
     np.testing.assert_allclose(adv, [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0], atol=1e-7)
 
 
-def test_all_equal_rewards_everywhere_give_zero_not_nan():
+@pytest.mark.parametrize("value", [0.7, 2.9229512214660645, -9.87654321])
+def test_all_equal_rewards_everywhere_give_zero_not_nan(value):
+    # 2.9229512 is the case hypothesis found: its f32 group mean is off by one ulp, which /eps would
+    # turn into an advantage of -2.4e-3 for every member of the group.
     for scale in ("group", "batch", "none"):
-        adv = np.asarray(group_advantages(jnp.full((6,), 0.7), 3, scale=scale))
-        assert np.all(adv == 0.0), scale
+        adv = np.asarray(group_advantages(jnp.full((6,), value), 3, scale=scale))
+        assert np.all(adv == 0.0), (scale, adv)
+
+
+def test_tied_group_is_zero_next_to_a_group_with_signal():
+    rewards = jnp.array([2.9229512214660645] * 3 + [0.0, 1.0, 1.0], jnp.float32)
+    adv = np.asarray(group_advantages(rewards, 3, scale="group"))
+    assert np.all(adv[:3] == 0.0)
+    np.testing.assert_allclose(adv[3:], np.array([-2, 1, 1]) / 3 / (np.std([0, 1, 1], ddof=1) + 1e-4),
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("rewards, g, match", [
@@ -69,6 +80,7 @@ reward_lists = st.integers(2, 6).flatmap(
 
 @settings(max_examples=80, deadline=None)
 @given(reward_lists, st.sampled_from(["group", "batch", "none"]))
+@example((3, [2.9229512214660645] * 3), "group")
 def test_properties(gr, scale):
     g, rewards = gr
     rewards = np.array(rewards, np.float32)
