@@ -4,13 +4,15 @@
 
 A random-init 4-layer Qwen2-architecture model (d=128, GQA 4/2 heads, tied embeddings, q/k/v bias)
 with the built-in character tokenizer is first warm-started with SFT on the synthetic arithmetic
-task in the `<reasoning>…</reasoning><answer>…</answer>` format, stopped early at a modest held-out
-accuracy, then trained with GRPO (G = 8, 16 prompts per step, beta = 0.04, clip-by-norm 1.0).
+task in the `<reasoning>…</reasoning><answer>…</answer>` format, the reasoning being schoolbook
+column sums ("7+9=16\n4+3+1=8" for 47+39), stopped early at a modest held-out accuracy, then trained
+with GRPO (G = 8, 16 prompts per step, beta = 0.04, lr 1e-4, clip-by-norm 1.0) for 600 steps.
 Held-out greedy accuracy is measured on 512 problems never seen in training.
 
-Expected (2-core CPU, measured 2026-11-22): SFT stops at ~370-560 steps (held-out 26-34 %), then
-GRPO reaches 57-81 % by step 400 depending on where SFT stopped; about 9 minutes wall on a lightly
-loaded machine. See README.md for the curve and the goals not met yet.
+Expected (2-core CPU, measured 2026-11-28, seed 0): SFT stops at step 320 (held-out 33.2 %); GRPO
+reaches 72 % at step 50 (under a minute of GRPO), 86 % at step 350 (8.3 min wall in all) and
+88-93 % from step 450 on (evals every 25 steps fluctuate by +-5 points); 12.6 min wall in all.
+See README.md for the curve.
 """
 from grpo_jax.config import Config
 
@@ -26,12 +28,13 @@ def get_config() -> Config:
     c.sft.batch_size = 64
     c.sft.learning_rate = 3e-3
     c.sft.warmup_steps = 20
-    c.optim.learning_rate = 2e-4
-    c.train.steps = 400
+    c.optim.learning_rate = 1e-4
+    c.train.steps = 600
     c.train.eval_every = 25
     c.train.checkpoint_every = 50
     c.task.eval_size = 512
     c.task.instruction = False  # the format is learnt in SFT; prompts are just "What is 47+39?"
+    c.task.working = "columns"  # SFT target "7+9=16\n4+3+1=8", then the answer 86
     c.sampling.max_prompt_length = 16
-    c.sampling.max_new_tokens = 24
+    c.sampling.max_new_tokens = 32
     return c

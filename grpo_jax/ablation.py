@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pathlib
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -62,7 +63,7 @@ def warm_start(config: cfg_lib.Config, workdir: str | pathlib.Path, *,
     with ckpt_lib.Checkpointer(directory, max_to_keep=1) as ckpt:
         if ckpt.latest_step() is not None:
             params, meta = ckpt.restore(ckpt_lib.abstract_like(s.params))
-            log(f"warm start restored from {directory} (SFT step {meta['sft_steps']}, "
+            log(f"warm start restored from {os.path.relpath(directory)} (SFT step {meta['sft_steps']}, "
                 f"validation accuracy {meta['validation_accuracy']})")
             steps, accuracy, restored = meta["sft_steps"], meta["validation_accuracy"], True
         else:
