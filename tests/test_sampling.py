@@ -51,11 +51,12 @@ def _full_logits(prompt, mask, completion):
     return model.apply(CFG, PARAMS, tokens, attention_mask=full_mask)[:, p - 1 : -1]
 
 
-def test_greedy_equals_teacher_forced_argmax():
+@pytest.mark.parametrize("t", [T, 130])  # 130: decoded in two segments over a growing cache
+def test_greedy_equals_teacher_forced_argmax(t):
     prompt, mask = _prompts()
-    out = sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(0), max_new_tokens=T, eos_id=NO_EOS,
+    out = sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(0), max_new_tokens=t, eos_id=NO_EOS,
                           temperature=0.0)
-    assert out.tokens.shape == (N, T) and out.tokens.dtype == jnp.int32
+    assert out.tokens.shape == (N, t) and out.tokens.dtype == jnp.int32
     assert out.mask.dtype == jnp.float32 and out.logps.dtype == jnp.float32
     np.testing.assert_array_equal(out.mask, 1.0)
     logits = _full_logits(prompt, mask, out.tokens)
@@ -66,18 +67,26 @@ def test_greedy_equals_teacher_forced_argmax():
     assert np.unique(np.asarray(out.tokens)).size > 5  # not a degenerate constant model
 
 
-@pytest.mark.parametrize("top_k", [0, 5])
-def test_sampled_logps_equal_completion_logps(top_k):
+@pytest.mark.parametrize("top_k, t", [(0, T), (5, T), (0, 256)])  # 256: four decode segments
+def test_sampled_logps_equal_completion_logps(top_k, t):
     prompt, mask = _prompts()
-    out = sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(3), max_new_tokens=T, eos_id=NO_EOS,
+    out = sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(3), max_new_tokens=t, eos_id=NO_EOS,
                           temperature=0.7, top_k=top_k)
     # Jitted as the train step would (completion_logps itself is not jitted).
     train = jax.jit(sampling.completion_logps, static_argnums=0)(CFG, PARAMS, prompt, mask, out.tokens,
                                                                  temperature=0.7)
-    assert train.shape == (N, T)
+    assert train.shape == (N, t)
     # Even under top-k truncation, the logps are those of the untruncated tempered distribution.
     np.testing.assert_allclose(out.logps, train, atol=1e-5)
     assert float(jnp.min(out.logps)) < -0.1  # really sampled, not argmax every time
+
+
+def test_decode_segments_tile_the_completion():
+    for t in [1, 10, 63, 64, 127, 128, 130, 200, 256, 1000, 1024]:
+        ends = sampling._segment_ends(t)
+        assert ends[-1] == t and ends == sorted(set(ends)) and 1 <= len(ends) <= 4, (t, ends)
+        assert len(ends) == 1 or min(np.diff([0] + ends)) >= 64, (t, ends)
+    assert sampling._segment_ends(256) == [64, 128, 192, 256]
 
 
 def test_eos_masking():
