@@ -213,12 +213,13 @@ def test_top_k_and_top_p_truncate_and_renormalise():
     assert freqs[order[keep:]].sum() == 0
 
 
-def test_eight_devices_equal_one_device():
+@pytest.mark.parametrize("t", [T, 130])  # 130: the cache grows (sharded) between two decode segments
+def test_eight_devices_equal_one_device(t):
     prompt, mask = _prompts()
     mesh = sharding.make_mesh(data=4, fsdp=2)
     params = jax.device_put(PARAMS, sharding.param_shardings(mesh, PARAMS))
     batch = sharding.batch_sharding(mesh)
-    kwargs = dict(max_new_tokens=T, eos_id=NO_EOS, temperature=1.0)
+    kwargs = dict(max_new_tokens=t, eos_id=NO_EOS, temperature=1.0)
     ref = sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(9), **kwargs)
     out = sampling.sample(CFG, params, jax.device_put(prompt, batch), jax.device_put(mask, batch),
                           jax.random.key(9), **kwargs)
