@@ -41,8 +41,10 @@ finite uniform softmax (masked scores are finfo.min, never -inf), so no NaN appe
 
 KV-cache decode path (used by grpo_jax.sampling for prefill and single-token decode):
     cache = init_cache(config, batch_size, max_len)
-        a list (one entry per layer) of {"k": [B, KV, S, hd], "v": [B, KV, S, hd]}, S = max_len slots
-        (KV heads before slots: the attention matmuls then need no transpose of the cache).
+        a list (one entry per layer) of {"k": [B, KV, hd, S], "v": [B, KV, S, hd]}, S = max_len slots
+        (KV heads before slots, and keys stored transposed: both attention matmuls then read the
+        cache in plain matmul layout with no transpose. q @ k^T on [B, KV, S, hd] keys was 2.5-3.4x
+        slower per decode step at S = 96-288 on XLA:CPU, benchmarks/README.md).
     logits, cache = apply_with_cache(config, params, tokens, positions, cache, cache_index, kv_mask)
         tokens/positions [B, L] are written to slots cache_index .. cache_index + L - 1 (the same
         slots for every row: rows are aligned by slot, not by position, which is why prompts are
@@ -166,8 +168,12 @@ def _linear(p: dict, x: jax.Array) -> jax.Array:
     return y + p["bias"] if "bias" in p else y
 
 
-def _attention(config: ModelConfig, q, k, v, mask) -> jax.Array:
+def _attention(config: ModelConfig, q, k, v, mask, *, keys_transposed: bool = False) -> jax.Array:
     """q [B, L, H, hd], k/v [B, KV, S, hd], mask bool [B, L, S] -> [B, L, H*hd]; scores/softmax in f32.
+
+    keys_transposed: k is [B, KV, hd, S] (the decode cache's layout, see the module docstring). For the
+    training forward the two layouts compile to the same program; for decode (G*L = 2 rows per
+    matmul) the [hd, S] keys make the score matmul a plain one instead of a transposed-operand one.
 
     Layout chosen for XLA:CPU: batch dims (B, KV) leading and ONE row dim (G*L) per matmul make both
     einsums plain batched matmuls; [B, S, KV, hd] keys or separate G and L dims cost a transpose of
@@ -177,7 +183,8 @@ def _attention(config: ModelConfig, q, k, v, mask) -> jax.Array:
     kv = config.num_kv_heads
     g = h // kv  # query heads per KV head (HF repeat_kv: consecutive query heads share a KV head)
     q = q.reshape(b, l, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * l, hd)  # [B, KV, G*L, hd]
-    scores = jnp.einsum("bkrd,bksd->bkrs", q, k, preferred_element_type=jnp.float32)  # [B, KV, G*L, S]
+    scores = jnp.einsum("bkrd,bkds->bkrs" if keys_transposed else "bkrd,bksd->bkrs", q, k,
+                        preferred_element_type=jnp.float32)  # [B, KV, G*L, S]
     scores = scores * (hd ** -0.5)
     row_mask = jnp.broadcast_to(mask[:, None, None], (b, 1, g, l, mask.shape[-1])).reshape(b, 1, g * l, -1)
     # finfo.min rather than -inf: a fully masked (pad) query row then softmaxes to uniform, not NaN.
@@ -198,15 +205,19 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
     v = _linear(attn["v_proj"], n).reshape(b, l, config.num_kv_heads, hd)
     q = rope(q, positions, theta=config.rope_theta)
     k = rope(k, positions, theta=config.rope_theta)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, L, KV, hd] -> [B, KV, L, hd]
-    if layer_cache is not None:
-        start = (0, 0, cache_index, 0)
+    v = v.transpose(0, 2, 1, 3)  # [B, L, KV, hd] -> [B, KV, L, hd]
+    if layer_cache is None:
+        k = k.transpose(0, 2, 1, 3)  # [B, KV, L, hd]
+    else:
+        k = k.transpose(0, 2, 3, 1)  # [B, KV, hd, L]: the cache's transposed key layout
         layer_cache = {
-            "k": jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start),
-            "v": jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start),
+            "k": jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                              (0, 0, 0, cache_index)),
+            "v": jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                              (0, 0, cache_index, 0)),
         }
         k, v = layer_cache["k"], layer_cache["v"]
-    x = x + _linear(attn["o_proj"], _attention(config, q, k, v, mask))
+    x = x + _linear(attn["o_proj"], _attention(config, q, k, v, mask, keys_transposed=layer_cache is not None))
     m = rms_norm(x, p["post_attention_layernorm"]["scale"], eps=config.rms_norm_eps)
     mlp = p["mlp"]
     x = x + _linear(mlp["down_proj"], jax.nn.silu(_linear(mlp["gate_proj"], m)) * _linear(mlp["up_proj"], m))
@@ -255,10 +266,12 @@ def hidden_states(config: ModelConfig, params: dict, tokens: jax.Array, *, atten
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> list:
-    """Zeroed per-layer KV cache: a list of {"k", "v"} arrays [B, KV, max_len, hd] in the param dtype."""
-    shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+    """Zeroed per-layer KV cache in the param dtype: a list of {"k": [B, KV, hd, max_len] (keys stored
+    transposed), "v": [B, KV, max_len, hd]}."""
+    b, kv, hd = batch_size, config.num_kv_heads, config.head_dim
     dtype = jnp.dtype(config.dtype)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)]
+    return [{"k": jnp.zeros((b, kv, hd, max_len), dtype), "v": jnp.zeros((b, kv, max_len, hd), dtype)}
+            for _ in range(config.num_layers)]
 
 
 def apply_with_cache(config: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,

@@ -155,9 +155,10 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
     state = (jnp.int32(1), tok, done, tokens, mask, logps)
     for end in ends:  # one while_loop per segment; segment j's cache holds P + ends[j] slots
         size = p + end
-        grow = size - cache[0]["k"].shape[2]
-        if grow:  # one copy per segment boundary, then in-place updates again
-            cache = jax.tree.map(lambda c: constrain(jnp.pad(c, ((0, 0), (0, 0), (0, grow), (0, 0)))), cache)
+        grow = size - cache[0]["v"].shape[2]
+        if grow:  # one copy per segment boundary, then in-place updates again (keys: slots on axis 3)
+            cache = [{"k": constrain(jnp.pad(c["k"], ((0, 0), (0, 0), (0, 0), (0, grow)))),
+                      "v": constrain(jnp.pad(c["v"], ((0, 0), (0, 0), (0, grow), (0, 0))))} for c in cache]
         segment_mask = kv_mask[:, :size]
 
         def cond(state, end=end):

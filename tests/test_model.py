@@ -97,6 +97,14 @@ def test_causal_future_tokens_do_not_change_past_logits():
     assert np.abs(np.asarray(a[:, 8:] - b[:, 8:])).max() > 1e-3
 
 
+def test_init_cache_layout():
+    """The decode cache's contract: keys stored transposed [B, KV, hd, S], values [B, KV, S, hd]."""
+    cache = model.init_cache(CFG, B, L)
+    assert len(cache) == CFG.num_layers
+    assert cache[0]["k"].shape == (B, CFG.num_kv_heads, CFG.head_dim, L)
+    assert cache[0]["v"].shape == (B, CFG.num_kv_heads, L, CFG.head_dim)
+
+
 def test_cached_prefill_and_decode_match_full_forward():
     params = _params()
     tokens = _tokens()
