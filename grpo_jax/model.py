@@ -183,15 +183,47 @@ def _attention(config: ModelConfig, q, k, v, mask, *, keys_transposed: bool = Fa
     kv = config.num_kv_heads
     g = h // kv  # query heads per KV head (HF repeat_kv: consecutive query heads share a KV head)
     q = q.reshape(b, l, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * l, hd)  # [B, KV, G*L, hd]
-    scores = jnp.einsum("bkrd,bkds->bkrs" if keys_transposed else "bkrd,bksd->bkrs", q, k,
-                        preferred_element_type=jnp.float32)  # [B, KV, G*L, S]
-    scores = scores * (hd ** -0.5)
     row_mask = jnp.broadcast_to(mask[:, None, None], (b, 1, g, l, mask.shape[-1])).reshape(b, 1, g * l, -1)
+    if keys_transposed:
+        out = _softmax_attention_fwd(q, k, v, row_mask, "bkrd,bkds->bkrs")[0]
+    else:
+        out = _softmax_attention(q, k, v, row_mask)  # [B, KV, G*L, hd]
+    return out.reshape(b, kv, g, l, hd).transpose(0, 3, 1, 2, 4).reshape(b, l, h * hd)  # -> [B, L, H*hd]
+
+
+@jax.custom_vjp
+def _softmax_attention(q, k, v, row_mask):
+    """softmax(mask(q k^T / sqrt(hd))) v on q [B, KV, R, hd], k/v [B, KV, S, hd], row_mask bool [B, 1, R, S].
+
+    A hand-written VJP (below) only to give XLA:CPU a cheaper softmax backward; the maths is autodiff's.
+    """
+    return _softmax_attention_fwd(q, k, v, row_mask)[0]
+
+
+def _softmax_attention_fwd(q, k, v, row_mask, score_spec="bkrd,bksd->bkrs"):
+    scores = jnp.einsum(score_spec, q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
     # finfo.min rather than -inf: a fully masked (pad) query row then softmaxes to uniform, not NaN.
     scores = jnp.where(row_mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkrs,bksd->bkrd", probs, v)  # [B, KV, G*L, hd]
-    return out.reshape(b, kv, g, l, hd).transpose(0, 3, 1, 2, 4).reshape(b, l, h * hd)  # -> [B, L, H*hd]
+    out = jnp.einsum("bkrs,bksd->bkrd", probs, v)  # [B, KV, R, hd]
+    return out, (q, k, v, row_mask, probs, out)
+
+
+def _softmax_attention_bwd(residuals, d_out):
+    q, k, v, row_mask, probs, out = residuals
+    d_v = jnp.einsum("bkrs,bkrd->bksd", probs, d_out)
+    d_probs = jnp.einsum("bkrd,bksd->bkrs", d_out, v, preferred_element_type=jnp.float32)
+    # Softmax backward needs sum_s dP * P per row; it equals sum_d dO * O (O = P V), an hd-wide
+    # reduction instead of an S-wide one over the [R, S] scores (FlashAttention's identity).
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_scores = jnp.where(row_mask, probs.astype(jnp.float32) * (d_probs - delta), 0.0)  # masked: no gradient
+    d_scores = (d_scores * (q.shape[-1] ** -0.5)).astype(q.dtype)
+    d_q = jnp.einsum("bkrs,bksd->bkrd", d_scores, k)
+    d_k = jnp.einsum("bkrs,bkrd->bksd", d_scores, q)
+    return d_q, d_k, d_v, None
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_index):
