@@ -43,8 +43,8 @@ KV-cache decode path (used by grpo_jax.sampling for prefill and single-token dec
     cache = init_cache(config, batch_size, max_len)
         a list (one entry per layer) of {"k": [B, KV, hd, S], "v": [B, KV, S, hd]}, S = max_len slots
         (KV heads before slots, and keys stored transposed: both attention matmuls then read the
-        cache in plain matmul layout with no transpose. q @ k^T on [B, KV, S, hd] keys was 2.5-3.4x
-        slower per decode step at S = 96-288 on XLA:CPU, benchmarks/README.md).
+        cache in plain matmul layout with no transpose. q @ k^T on [B, KV, S, hd] keys was 2.3-4.3x
+        slower per decode step at S = 96-512 on XLA:CPU: benchmarks/kv_layout.py).
     logits, cache = apply_with_cache(config, params, tokens, positions, cache, cache_index, kv_mask)
         tokens/positions [B, L] are written to slots cache_index .. cache_index + L - 1 (the same
         slots for every row: rows are aligned by slot, not by position, which is why prompts are
@@ -171,9 +171,8 @@ def _linear(p: dict, x: jax.Array) -> jax.Array:
 def _attention(config: ModelConfig, q, k, v, mask, *, keys_transposed: bool = False) -> jax.Array:
     """q [B, L, H, hd], k/v [B, KV, S, hd], mask bool [B, L, S] -> [B, L, H*hd]; scores/softmax in f32.
 
-    keys_transposed: k is [B, KV, hd, S] (the decode cache's layout, see the module docstring). For the
-    training forward the two layouts compile to the same program; for decode (G*L = 2 rows per
-    matmul) the [hd, S] keys make the score matmul a plain one instead of a transposed-operand one.
+    keys_transposed: k is [B, KV, hd, S] (the decode cache's layout, see the module docstring); the
+    no-cache (training) path passes [B, KV, S, hd] keys and differentiates through `_softmax_attention`.
 
     Layout chosen for XLA:CPU: batch dims (B, KV) leading and ONE row dim (G*L) per matmul make both
     einsums plain batched matmuls; [B, S, KV, hd] keys or separate G and L dims cost a transpose of

@@ -202,12 +202,14 @@ def _reference_attention(q, k, v, row_mask):
     return jnp.einsum("bkrs,bksd->bkrd", probs, v)
 
 
-def test_attention_custom_vjp_matches_autodiff():
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 5e-2)])
+def test_attention_custom_vjp_matches_autodiff(dtype, tol):
     """model._softmax_attention's hand-written backward == autodiff of the same maths, including
-    padded keys, causal masking and fully masked (pad query) rows, whose gradient must be exactly 0."""
+    padded keys, causal masking and fully masked (pad query) rows, whose gradient must be exactly 0;
+    in bf16 the cotangents keep the primal dtypes."""
     b, kv, r, s, hd = 3, 2, 6, 5, 8
     keys = jax.random.split(jax.random.key(7), 4)
-    q, k, v = (jax.random.normal(kk, shape) for kk, shape in
+    q, k, v = (jax.random.normal(kk, shape).astype(dtype) for kk, shape in
                zip(keys, [(b, kv, r, hd), (b, kv, s, hd), (b, kv, s, hd)]))
     cotangent = jax.random.normal(keys[3], (b, kv, r, hd))
     causal = jnp.arange(s)[None, :] <= (jnp.arange(r) % s)[:, None]  # [R, S]
@@ -218,11 +220,13 @@ def test_attention_custom_vjp_matches_autodiff():
     def loss(fn):
         return lambda q_, k_, v_: jnp.sum(fn(q_, k_, v_, row_mask) * cotangent)
 
-    np.testing.assert_allclose(model._softmax_attention(q, k, v, row_mask),
-                               _reference_attention(q, k, v, row_mask), atol=1e-6)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    np.testing.assert_allclose(model._softmax_attention(q, k, v, row_mask).astype(jnp.float32),
+                               _reference_attention(*f32, row_mask), atol=tol)
     got = jax.grad(loss(model._softmax_attention), argnums=(0, 1, 2))(q, k, v)
-    want = jax.grad(loss(_reference_attention), argnums=(0, 1, 2))(q, k, v)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+    want = jax.grad(loss(_reference_attention), argnums=(0, 1, 2))(*f32)  # autodiff in f32
+    for g, w, x in zip(got, want, (q, k, v)):
+        assert g.dtype == x.dtype
+        np.testing.assert_allclose(g.astype(jnp.float32), w, atol=tol, rtol=tol)
     assert float(jnp.abs(got[0][2, :, 0]).max()) == 0.0  # the fully masked query row gets no gradient
     assert float(jnp.abs(want[0][2, :, 0]).max()) == 0.0
