@@ -23,8 +23,15 @@ SCALES = ("group", "batch", "none")
 
 
 def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group", ddof: int = 1,
-                     eps: float = 1e-4) -> jax.Array:
-    """f32[N] group-major rewards (rows b*G .. b*G+G-1 are prompt b) -> f32[N] advantages."""
+                     eps: float = 1e-4, mask: jax.Array | None = None) -> jax.Array:
+    """f32[N] group-major rewards (rows b*G .. b*G+G-1 are prompt b) -> f32[N] advantages.
+
+    `mask` (optional, [N], 1 = the row counts) restricts every statistic to the marked rows and gives
+    the others advantage 0; a group's marked rows are then treated exactly as a group of that many
+    rows. Used by the vmapped G sweeps (the first G of G_max rows count; G may be traced) and by DAPO
+    dynamic sampling (rows of groups that could not be filled). A group with fewer than 2 marked rows
+    has no signal: advantage 0.
+    """
     rewards = jnp.asarray(rewards, jnp.float32)
     if rewards.ndim != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {rewards.shape}")
@@ -36,10 +43,32 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     grouped = rewards.reshape(n // group_size, group_size)  # [B, G]
-    tied = jnp.all(grouped == grouped[:, :1], axis=1, keepdims=True)  # [B, 1]: no signal in this group
-    centred = jnp.where(tied, 0.0, grouped - grouped.mean(axis=1, keepdims=True))  # [B, G]
+    if mask is None:
+        tied = jnp.all(grouped == grouped[:, :1], axis=1, keepdims=True)  # [B, 1]: no signal in this group
+        centred = jnp.where(tied, 0.0, grouped - grouped.mean(axis=1, keepdims=True))  # [B, G]
+        if scale == "group":
+            centred = centred / (grouped.std(axis=1, ddof=ddof, keepdims=True) + eps)
+        elif scale == "batch":
+            centred = centred / (rewards.std(ddof=ddof) + eps)
+        return centred.reshape(n)  # [N]
+
+    mask = jnp.asarray(mask)
+    if mask.shape != (n,):
+        raise ValueError(f"mask must have the rewards' shape ({n},), got {mask.shape}")
+    used = mask.reshape(grouped.shape).astype(bool)  # [B, G]
+    count = used.sum(axis=1, keepdims=True).astype(jnp.float32)  # [B, 1] marked rows per group
+    # Tied: the marked rows' max equals their min (exact comparison, as above: no mean residual).
+    hi = jnp.where(used, grouped, -jnp.inf).max(axis=1, keepdims=True)
+    lo = jnp.where(used, grouped, jnp.inf).min(axis=1, keepdims=True)
+    no_signal = (hi == lo) | (count < 2)  # [B, 1]
+    mean = jnp.where(used, grouped, 0.0).sum(axis=1, keepdims=True) / jnp.maximum(count, 1.0)
+    centred = jnp.where(used & ~no_signal, grouped - mean, 0.0)  # [B, G]
     if scale == "group":
-        centred = centred / (grouped.std(axis=1, ddof=ddof, keepdims=True) + eps)
+        var = jnp.where(used, (grouped - mean) ** 2, 0.0).sum(axis=1, keepdims=True)
+        centred = centred / (jnp.sqrt(var / jnp.maximum(count - ddof, 1.0)) + eps)
     elif scale == "batch":
-        centred = centred / (rewards.std(ddof=ddof) + eps)
+        total = used.sum().astype(jnp.float32)
+        batch_mean = jnp.where(used, grouped, 0.0).sum() / jnp.maximum(total, 1.0)
+        var = jnp.where(used, (grouped - batch_mean) ** 2, 0.0).sum()
+        centred = centred / (jnp.sqrt(var / jnp.maximum(total - ddof, 1.0)) + eps)
     return centred.reshape(n)  # [N]

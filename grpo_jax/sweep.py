@@ -260,28 +260,11 @@ def encode_answers(tokenizer, golds, *, max_length: int) -> tuple[np.ndarray, np
 def masked_group_advantages(rewards: jax.Array, max_group_size: int, group_size, *, scale: str = "group",
                             ddof: int = 1, eps: float = 1e-4) -> jax.Array:
     """f32[N] rewards in groups of `max_group_size` -> f32[N] advantages computed over the first
-    `group_size` rows of each group only (0 on the others). `group_size` may be traced. Equals
-    `advantages.group_advantages(r[used rows], group_size, ...)` on the used rows."""
-    rewards = jnp.asarray(rewards, jnp.float32)
-    (n,) = rewards.shape
-    if n % max_group_size:
-        raise ValueError(f"number of rewards N={n} is not a multiple of max_group_size={max_group_size}")
-    if scale not in adv_lib.SCALES:
-        raise ValueError(f"scale must be one of {adv_lib.SCALES}, got {scale!r}")
-    grouped = rewards.reshape(n // max_group_size, max_group_size)  # [B, G_max]
-    used = (jnp.arange(max_group_size) < group_size).astype(jnp.float32)[None, :]  # [1, G_max]
-    g = jnp.asarray(group_size, jnp.float32)
-    mean = (grouped * used).sum(axis=1, keepdims=True) / g  # [B, 1]
-    centred = (grouped - mean) * used  # [B, G_max]
-    if scale == "group":
-        std = jnp.sqrt((centred ** 2).sum(axis=1, keepdims=True) / (g - ddof))
-        centred = centred / (std + eps)
-    elif scale == "batch":
-        count = g * grouped.shape[0]
-        batch_mean = (grouped * used).sum() / count
-        std = jnp.sqrt((((grouped - batch_mean) * used) ** 2).sum() / (count - ddof))
-        centred = centred / (std + eps)
-    return centred.reshape(n)  # [N]
+    `group_size` rows of each group only (0 on the others). `group_size` may be traced. It is
+    `advantages.group_advantages` (the one implementation, tied-group rule included) with a row mask."""
+    n = jnp.shape(rewards)[0]
+    used = jnp.arange(n) % max_group_size < group_size  # [N]: the first G rows of each group
+    return adv_lib.group_advantages(rewards, max_group_size, scale=scale, ddof=ddof, eps=eps, mask=used)
 
 
 # --------------------------------------------------------------------------------------------------

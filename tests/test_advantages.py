@@ -93,3 +93,41 @@ def test_properties(gr, scale):
     for r, a in zip(grouped, adv):
         order = np.argsort(r, kind="stable")
         assert np.all(np.diff(a[order]) >= -1e-5 * (1 + np.abs(a).max()))
+
+
+# --- the row mask (G sweeps, dynamic sampling): statistics over the marked rows only -------------
+
+
+@given(st.lists(st.floats(-5, 5, width=32), min_size=12, max_size=12), st.integers(2, 4),
+       st.sampled_from(["group", "batch", "none"]))
+@settings(max_examples=60, deadline=None)
+@example([2.9229512214660645] * 12, 3, "group")
+def test_mask_equals_the_unmasked_function_on_the_marked_rows(values, used, scale):
+    # Groups of 4 rows of which the first `used` count == group_advantages on those rows alone.
+    rewards = jnp.asarray(values, jnp.float32)
+    mask = jnp.arange(12) % 4 < used
+    got = np.asarray(group_advantages(rewards, 4, scale=scale, mask=mask))
+    want = np.asarray(group_advantages(rewards.reshape(3, 4)[:, :used].reshape(-1), used, scale=scale))
+    np.testing.assert_allclose(got.reshape(3, 4)[:, :used].reshape(-1), want, rtol=1e-5, atol=1e-5)
+    assert np.all(got.reshape(3, 4)[:, used:] == 0.0)
+
+
+def test_mask_tied_non_binary_group_is_exactly_zero():
+    # The case that gave -2.4e-3 in the sweep's old copy of this function: three equal non-0/1 rewards.
+    rewards = jnp.array([2.9229512214660645] * 3 + [9.0] + [0.5, 1.5, 4.0, 9.0], jnp.float32)
+    mask = jnp.array([1, 1, 1, 0, 1, 1, 1, 0])
+    adv = np.asarray(group_advantages(rewards, 4, mask=mask))
+    assert np.all(adv[:4] == 0.0) and adv[7] == 0.0
+    # Hand-computed: [0.5, 1.5, 4.0], mean 2, unbiased std sqrt((2.25 + 0.25 + 4) / 2) = sqrt(3.25).
+    np.testing.assert_allclose(adv[4:7], np.array([-1.5, -0.5, 2.0]) / (math.sqrt(3.25) + 1e-4), rtol=1e-6)
+
+
+def test_mask_group_with_one_marked_row_has_no_signal():
+    adv = np.asarray(group_advantages(jnp.array([3.0, 1.0, 0.0, 1.0]), 2, mask=jnp.array([1, 0, 1, 1])))
+    assert adv[0] == 0.0 and adv[1] == 0.0
+    np.testing.assert_allclose(adv[2:], np.array([-0.5, 0.5]) / (math.sqrt(0.5) + 1e-4), rtol=1e-6)
+
+
+def test_mask_shape_is_checked():
+    with pytest.raises(ValueError, match="mask"):
+        group_advantages(jnp.zeros(4), 2, mask=jnp.ones(3))

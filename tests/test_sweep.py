@@ -178,6 +178,15 @@ def test_masked_group_advantages_equal_group_advantages_on_used_rows(scale):
         assert np.abs(want).max() > 0.1
 
 
+def test_masked_group_advantages_tied_non_binary_group_is_exactly_zero():
+    # Three used rows of 2.9229512 (f32 mean off by one ulp): the sweep's old copy gave -2.4e-3.
+    rewards_ = jnp.array([2.9229512214660645] * 3 + [7.0, 0.25, 1.75, 3.5, 7.0], jnp.float32)
+    got = np.asarray(sweep.masked_group_advantages(rewards_, 4, 3, scale="group"))
+    np.testing.assert_array_equal(got[:4], 0.0)
+    want = np.asarray(adv_lib.group_advantages(jnp.array([0.25, 1.75, 3.5]), 3, scale="group"))
+    np.testing.assert_allclose(got[4:7], want, rtol=1e-6)
+
+
 def _tiny_state(optimizer, seed=0):
     return sweep.init_state(model_lib.init_params(TINY, jax.random.key(seed)), optimizer)
 
