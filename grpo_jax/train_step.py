@@ -3,17 +3,26 @@
 Given a sampled batch (N = B*G completions with their advantages), one call does
 
     for iteration in range(mu):                        # grpo.num_iterations
-        grads = sum over minibatches m of  w_m * grad loss_m(theta)     # gradient accumulation
-        theta = optax_update(clip_by_global_norm(grads))
+        for k in range(K):                             # train.steps_per_generation
+            rows_k = every K-th row of the batch, starting at k          (N/K rows)
+            grads = sum over accumulation chunks m of rows_k: w_m * grad loss_m(theta)
+            theta = optax_update(clip_by_global_norm(grads))
 
-where loss_m = grpo_loss(logps, old_logps, ref_logps, advantages, mask) on minibatch m and w_m
-weighs the minibatch so that the sum equals the loss of the whole batch under the chosen
-aggregation (1/M for "grpo" and "dr_grpo"; the minibatch's share of completion tokens for "bnpo").
+where loss_m = grpo_loss(logps, old_logps, ref_logps, advantages, mask) on chunk m and w_m weighs
+the chunk so that the sum equals the loss of the K-th part under the chosen aggregation (1/M for
+"grpo" and "dr_grpo"; the chunk's share of the part's completion tokens for "bnpo"). K > 1 is the
+PPO-style minibatch schedule of TRL's `steps_per_generation`, verl's ppo_mini_batch_size and the
+R1 / DAPO / GSPO runs (several optimizer steps per rollout); M (train.num_minibatches) is plain
+gradient accumulation and changes nothing but memory.
 
-old_logps are the policy's own log-probs at the first iteration, under stop_gradient: at mu = 1 the
-ratio is exactly 1 (not 1 +- the float noise between the sampler's KV-cache path and this full
-forward), and for mu > 1 the later iterations read the values saved at the first one (no extra
-forward). ref_logps come from the frozen reference params, computed once per batch, and are skipped
+old_logps are those of the sampling policy (the params this call starts from). Where the params
+have not moved yet (the first optimizer step of the first iteration) they are the policy's own
+log-probs under stop_gradient: the ratio there is exactly 1 (not 1 +- the float noise between the
+sampler's KV-cache path and this full forward). When K > 1, the later parts are scored once by a
+forward pass with the starting params before any update; for mu > 1 the later iterations reuse
+the saved values (no extra forward). So with K = 1 the step is exactly what it was before K
+existed, and with K > 1 the ratio leaves 1 from the second optimizer step on (the clip acts).
+ref_logps come from the frozen reference params, computed once per batch, and are skipped
 entirely when the step is built with `use_reference=False` (beta = 0 and no reference loaded).
 The log-prob function is `losses.token_logps` on the tempered, untruncated distribution, the same
 one the sampler reports.
@@ -93,21 +102,30 @@ def _split(x, num_minibatches):
 
 def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.GradientTransformation, *,
                      loss_type: str = "grpo", importance_level: str = "token",
-                     num_iterations: int = 1, num_minibatches: int = 1, use_reference: bool = True,
-                     max_completion_length: int | None = None):
+                     num_iterations: int = 1, num_minibatches: int = 1, steps_per_generation: int = 1,
+                     use_reference: bool = True, max_completion_length: int | None = None):
     """Returns the pure step `(state, ref_params, batch, hparams) -> (state, metrics)`.
 
     Not jitted: `jit_train_step` adds shardings and donation; tests and sweeps may vmap it first.
+    `state.step` counts calls (rollouts), not optimizer steps: mu * K optimizer updates per call.
     """
     if loss_type not in losses.LOSS_TYPES:
         raise ValueError(f"grpo.loss_type must be one of {losses.LOSS_TYPES}, got {loss_type!r}")
+    K, M = steps_per_generation, num_minibatches
+    if K < 1 or M < 1:
+        raise ValueError(f"steps_per_generation={K} and num_minibatches={M} must be >= 1")
 
-    def minibatch_loss(params, mb: Batch, old_logps, ref_logps, weight, hp: HParams):
+    def scored_logps(params, mb: Batch, hp: HParams):
         logits = completion_logits(model_config, params, mb.prompt_tokens, mb.prompt_mask,
                                    mb.completion_tokens)
-        logps = losses.token_logps(logits, mb.completion_tokens, temperature=hp.temperature)
-        if old_logps is None:  # first iteration: on-policy by construction
+        return logits, losses.token_logps(logits, mb.completion_tokens, temperature=hp.temperature)
+
+    def minibatch_loss(params, mb: Batch, old_logps, ref_logps, weight, on_policy, hp: HParams):
+        logits, logps = scored_logps(params, mb, hp)
+        if old_logps is None:  # first update of the call: on-policy by construction
             old_logps = jax.lax.stop_gradient(logps)
+        elif on_policy is not None:  # K > 1: a traced "params not moved yet" flag (k == 0)
+            old_logps = jnp.where(on_policy, jax.lax.stop_gradient(logps), old_logps)
         loss, metrics = losses.grpo_loss(
             logps, old_logps, ref_logps, mb.advantages, mb.completion_mask, epsilon=hp.epsilon,
             epsilon_high=hp.epsilon_high, beta=hp.beta, loss_type=loss_type,
@@ -116,38 +134,44 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
         return loss * weight, (metrics, jax.lax.stop_gradient(logps))
 
     grad_fn = jax.grad(minibatch_loss, has_aux=True)
+    metric_names = ("loss", "kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high",
+                    "ratio_mean", "entropy", "ratio_max")
 
     def step(state: TrainState, ref_params, batch: Batch, hp: HParams):
         n = batch.advantages.shape[0]
-        if n % num_minibatches:
-            raise ValueError(f"batch of {n} rows is not divisible by train.num_minibatches={num_minibatches}")
-        mbs = Batch(*(_split(x, num_minibatches) for x in batch))  # each [M, N/M, ...]
+        if n % (K * M):
+            raise ValueError(f"batch of {n} rows is not divisible by train.steps_per_generation * "
+                             f"train.num_minibatches = {K} * {M}")
+        # [N, ...] -> [K, M, N/(K*M), ...]: chunk (k, m) holds rows k*M + m, + K*M, ... (strided:
+        # every chunk stays spread over all the devices the batch is sharded on).
+        mbs = Batch(*(_split(x, K * M).reshape(K, M, *_split(x, K * M).shape[1:]) for x in batch))
         mask_f = mbs.completion_mask.astype(jnp.float32)
-        if loss_type == "bnpo":  # token-level: each minibatch's share of the batch's tokens
-            weights = mask_f.sum((1, 2)) / jnp.maximum(mask_f.sum(), 1.0)
+        part_tokens = jnp.maximum(mask_f.sum((1, 2, 3)), 1.0)[:, None]  # [K, 1] tokens per optimizer step
+        if loss_type == "bnpo":  # token-level: each chunk's share of its optimizer step's tokens
+            weights = mask_f.sum((2, 3)) / part_tokens
         else:  # row-level means: equal shares
-            weights = jnp.full((num_minibatches,), 1.0 / num_minibatches)
-        token_share = mask_f.sum((1, 2)) / jnp.maximum(mask_f.sum(), 1.0)  # for token-mean metrics
+            weights = jnp.full((K, M), 1.0 / M)
+        token_share = mask_f.sum((2, 3)) / part_tokens  # [K, M] for token-mean metrics
 
-        if use_reference:
-            def ref_mb(_, mb):
-                logits = completion_logits(model_config, ref_params, mb.prompt_tokens, mb.prompt_mask,
-                                           mb.completion_tokens)
-                return None, losses.token_logps(logits, mb.completion_tokens, temperature=hp.temperature)
-            _, ref_logps = jax.lax.scan(ref_mb, None, mbs)  # [M, N/M, T]
-            ref_logps = jax.lax.stop_gradient(ref_logps)
-        else:
-            ref_logps = None
+        def forward_all(p):  # [K, M, N/(KM), T] log-probs of every chunk, no gradient
+            flat = Batch(*(x.reshape(K * M, *x.shape[2:]) for x in mbs))
+            _, out = jax.lax.scan(lambda _, mb: (None, scored_logps(p, mb, hp)[1]), None, flat)
+            return jax.lax.stop_gradient(out.reshape(K, M, *out.shape[1:]))
 
-        params, opt_state = state.params, state.opt_state
-        old_logps = None
-        metrics_sum = None
-        grad_norm = None
-        for _ in range(num_iterations):  # mu is small and static: unrolled
-            def accumulate(carry, xs):
-                grads_acc, met_acc = carry
-                mb, old, ref, w, share = xs
-                grads, (met, logps) = grad_fn(params, mb, old, ref, w, hp)
+        ref_logps = forward_all(ref_params) if use_reference else None
+        # K > 1: the sampling policy's log-probs for the parts scored after the first update.
+        old_logps = forward_all(state.params) if K > 1 else None
+
+        def optimizer_step(carry, xs, *, first: bool):
+            """One optimizer update over the M chunks of one part. `first`: static, the call's very
+            first update (K = 1: the only one of iteration 0)."""
+            params, opt_state = carry
+            mb_k, old_k, ref_k, w_k, share_k, on_policy = xs
+
+            def accumulate(acc, chunk):
+                grads_acc, met_acc = acc
+                mb, old, ref, w, share = chunk
+                grads, (met, logps) = grad_fn(params, mb, old, ref, w, on_policy, hp)
                 grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
                 # The loss carries its aggregation weight; token-mean metrics their token share.
                 met_acc = {k: (jnp.maximum(met_acc[k], v) if k == "ratio_max" else
@@ -156,24 +180,37 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
                 return (grads_acc, met_acc), logps
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            met0 = {k: jnp.zeros((), jnp.float32) for k in
-                    ("loss", "kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high",
-                     "ratio_mean", "entropy")}
-            met0["ratio_max"] = jnp.zeros((), jnp.float32)
-            (grads, met), logps = jax.lax.scan(
-                accumulate, (zeros, met0),
-                (mbs, old_logps, ref_logps, weights, token_share))
-            if old_logps is None:
-                old_logps = logps  # [M, N/M, T], saved for iterations 2..mu
+            met0 = {k: jnp.zeros((), jnp.float32) for k in metric_names}
+            (grads, met), logps = jax.lax.scan(accumulate, (zeros, met0),
+                                               (mb_k, None if first else old_k, ref_k, w_k, share_k))
             grad_norm = optax.global_norm(grads)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            metrics_sum = met if metrics_sum is None else {
-                k: jnp.maximum(v, met[k]) if k == "ratio_max" else v + met[k] for k, v in metrics_sum.items()}
+            return (params, opt_state), (met, logps, grad_norm)
 
-        # Report the mean over iterations (at mu = 1: the on-policy numbers).
-        metrics = {k: v if k == "ratio_max" else v / num_iterations for k, v in metrics_sum.items()}
-        metrics["grad_norm"] = grad_norm  # of the last iteration, before clipping
+        carry = (state.params, state.opt_state)
+        per_update = []  # metrics of every optimizer update, [K] stacked per iteration
+        for iteration in range(num_iterations):  # mu is small and static: unrolled
+            if K == 1:
+                xs = jax.tree.map(lambda x: x[0], (mbs, old_logps, ref_logps, weights, token_share))
+                carry, (met, logps, grad_norm) = optimizer_step(
+                    carry, (*xs, None), first=old_logps is None)
+                met, logps, grad_norm = jax.tree.map(lambda x: x[None], (met, logps, grad_norm))
+            else:
+                on_policy = (jnp.arange(K) == 0) & (iteration == 0)  # [K]: params unchanged so far
+                carry, (met, logps, grad_norm) = jax.lax.scan(
+                    lambda c, xs: optimizer_step(c, xs, first=False), carry,
+                    (mbs, old_logps, ref_logps, weights, token_share, on_policy))
+            if old_logps is None:
+                old_logps = logps  # [K, M, N/(KM), T], saved for iterations 2..mu
+            per_update.append((met, grad_norm))
+        params, opt_state = carry
+
+        # Report the mean over the mu * K updates (at mu = K = 1: the on-policy numbers).
+        mets = [m for m, _ in per_update]
+        metrics = {k: (jnp.max(jnp.stack([m[k].max() for m in mets])) if k == "ratio_max" else
+                       sum(m[k].sum() for m in mets) / (num_iterations * K)) for k in metric_names}
+        metrics["grad_norm"] = per_update[-1][1][-1]  # of the last update, before clipping
         metrics["advantage_abs_mean"] = jnp.abs(batch.advantages).mean()
         return TrainState(state.step + 1, params, opt_state), metrics
 

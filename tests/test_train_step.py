@@ -147,3 +147,65 @@ def test_state_is_donated():
     fn = ts.jit_train_step(ts.build_train_step(CFG, opt, use_reference=False), mesh, state_sh, None)
     fn(state, None, make_batch(), ts.make_hparams(epsilon=0.2, beta=0.0, temperature=1.0))
     assert state.params["embed_tokens"]["embedding"].is_deleted()
+
+
+# --- K optimizer steps per sampled batch (train.steps_per_generation) ----------------------------
+
+
+def _manual_updates(params, batch, opt, *, K, beta=0.04, ref=None, epsilon=0.2, loss_type="grpo"):
+    """The K-step schedule written out by hand: old log-probs from the starting params, then one
+    plain jax.grad + optax update per part (rows k, k+K, k+2K, ...)."""
+    from grpo_jax.losses import grpo_loss, token_logps
+
+    def logps_of(p, b):
+        logits = ts.completion_logits(CFG, p, b.prompt_tokens, b.prompt_mask, b.completion_tokens)
+        return token_logps(logits, b.completion_tokens)
+
+    old = logps_of(params, batch)
+    refs = logps_of(ref, batch) if ref is not None else None
+    opt_state = opt.init(params)
+    for k in range(K):
+        part = ts.Batch(*(x[k::K] for x in batch))
+
+        def loss(p):
+            return grpo_loss(logps_of(p, part), old[k::K], None if refs is None else refs[k::K],
+                             part.advantages, part.completion_mask, epsilon=epsilon, beta=beta,
+                             loss_type=loss_type)[0]
+
+        updates, opt_state = opt.update(jax.grad(loss)(params), opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize("K, loss_type", [(1, "grpo"), (2, "grpo"), (4, "bnpo")])
+def test_steps_per_generation_equals_k_hand_written_updates(K, loss_type):
+    # SGD lr 1 again: the parameter change is the gradient itself, so a wrong old_logps, part or
+    # weighting shows up at full size.
+    mesh = mesh_of(1, 1)
+    opt = optax.sgd(1.0)
+    params = sharding.init_params_sharded(CFG, jax.random.key(0), mesh)
+    ref = sharding.init_params_sharded(CFG, jax.random.key(1), mesh)
+    want = _manual_updates(params, make_batch(), opt, K=K, ref=ref, loss_type=loss_type)
+    state, _, _ = run(mesh, opt=opt, steps_per_generation=K, loss_type=loss_type)
+    assert_trees_close(state.params, want, 2e-5)
+
+
+def test_steps_per_generation_goes_off_policy_and_clips():
+    # After the first of K updates the parts are scored by moved params: the ratio leaves 1 and the
+    # clip becomes active; at K = 1 (and mu = 1) it is exactly 1.
+    _, m1, _ = run(mesh_of(1, 1), lr=0.1, steps_per_generation=1)
+    _, m4, _ = run(mesh_of(1, 1), lr=0.1, steps_per_generation=4)
+    assert m1[0]["ratio_max"] == 1.0 and m1[0]["clip_fraction"] == 0.0
+    assert m4[0]["ratio_max"] > 1.2 and m4[0]["clip_fraction"] > 0
+
+
+def test_steps_per_generation_sharded_equals_single_device():
+    _, m1, _ = run(mesh_of(1, 1), steps_per_generation=2, num_minibatches=2)
+    _, m8, _ = run(mesh_of(2, 2), steps_per_generation=2, num_minibatches=2)
+    for k in m1[0]:
+        np.testing.assert_allclose(m1[0][k], m8[0][k], atol=1e-4, err_msg=k)
+
+
+def test_steps_per_generation_must_divide_the_batch():
+    with pytest.raises(ValueError, match="steps_per_generation"):
+        run(mesh_of(1, 1), steps_per_generation=3)
