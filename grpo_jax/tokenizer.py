@@ -1,4 +1,4 @@
-"""Tokenizers: loading (HF dir / tokenizer.json / GGUF), chat templates, left-padded prompt batches.
+"""Tokenizers: loading (HF dir / tokenizer.json / GGUF), chat templates, EOS ids, left-padded prompts.
 
 Everything returns or takes a `transformers` fast tokenizer, so real models and the tiny
 character-level tokenizer of the quick-start experiment go through the same code path.
@@ -8,9 +8,15 @@ compiles once): `tokens` i32[N, P] and `mask` i32[N, P] with the real tokens at 
 A prompt longer than `max_length` is an error by default; `truncate=True` keeps its last
 `max_length` tokens instead (the end of a prompt, with the generation prompt of a chat template,
 is what the model must continue from).
+
+End of a completion: an instruct model ends its turn with a token that is often not the
+tokenizer's `eos_token` (`<|im_end|>` for ChatML models whose eos is `<|endoftext|>`, `<|eot_id|>`
+for Llama 3, `<end_of_turn>` for Gemma). `eos_token_ids` collects every id that ends a completion,
+so the sampler stops at any of them and `decode_completions` cuts at the first.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -100,20 +106,12 @@ def encode_prompts(
     pad_id = 0 if pad_id is None else pad_id  # any id works: the mask hides it
     tokens = np.full((len(texts), max_length), pad_id, dtype=np.int32)
     mask = np.zeros((len(texts), max_length), dtype=np.int32)
-    for i, text in enumerate(texts):
-        if chat:
-            messages = ([{"role": "system", "content": system}] if system is not None else [])
-            messages.append({"role": "user", "content": text})
-            rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            # The template already wrote every special token (BOS included): add none twice.
-            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    for i, ids in enumerate(prompt_ids(tokenizer, texts, chat=chat, system=system)):
         if len(ids) > max_length:
             if not truncate:
                 raise ValueError(
                     f"encode_prompts: prompt {i} has {len(ids)} tokens > max_length={max_length} "
-                    f"(raise max_length or pass truncate=True to keep its last tokens): {text[:80]!r}")
+                    f"(raise max_length or pass truncate=True to keep its last tokens): {texts[i][:80]!r}")
             ids = ids[-max_length:]
         if ids:
             tokens[i, -len(ids):] = ids
@@ -121,27 +119,135 @@ def encode_prompts(
     return tokens, mask
 
 
+# A chat-template probe: the assistant says this, and the text right after it ends the turn. Plain
+# letters survive templates that strip or split the content (Qwen3 splits on </think>).
+_PROBE = "Zq7xOkProbe"
+
+
+def _template_end_of_turn(tokenizer) -> int | None:
+    """Id of the special/added token the chat template writes right after an assistant turn's
+    content (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`), or None: no template, a template that
+    raises on this conversation, or one that writes no special token there."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 -- any template error (e.g. raise_exception in Jinja) means "unknown"
+        return None
+    if not isinstance(rendered, str) or _PROBE not in rendered:
+        return None
+    rest = rendered[rendered.rindex(_PROBE) + len(_PROBE):].lstrip()  # Llama 2 writes "<content> </s>"
+    candidates = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
+    # Longest first: "<|end|>" must not win over "<|endoftext|>" when both are tokens.
+    for token in sorted(candidates, key=len, reverse=True):
+        if token and rest.startswith(token):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            return token_id if isinstance(token_id, int) else None
+    return None
+
+
+def _generation_config_eos(model_path: pathlib.Path) -> list[int]:
+    """`eos_token_id` of `model_path`/generation_config.json (an int or a list of ints; absent or
+    null: none). A .gguf file or a directory without the file has none."""
+    path = model_path / "generation_config.json"
+    if not model_path.is_dir() or not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+    value = data.get("eos_token_id") if isinstance(data, dict) else None
+    if value is None:
+        return []
+    ids = value if isinstance(value, list) else [value]
+    # bool is an int in Python; `true` is no token id.
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{path}: field eos_token_id must be an int or a list of ints, got {value!r}")
+    return ids
+
+
+def eos_token_ids(tokenizer: transformers.PreTrainedTokenizerBase,
+                  model_path: str | os.PathLike | None = None) -> tuple[int, ...]:
+    """Every token id that ends a completion, de-duplicated, the tokenizer's EOS first.
+
+    The union of the tokenizer's `eos_token_id` (first when set: the sampler pads finished rows
+    with `eos_ids[0]`), `eos_token_id` of `model_path`/generation_config.json (an int or a list;
+    `model_path` a HF directory; a .gguf file has no generation config), and the token the chat
+    template writes right after an assistant turn's content. Every id must be < len(tokenizer);
+    finding none is a ValueError (such a model would never stop).
+    """
+    name = f"{type(tokenizer).__name__}({getattr(tokenizer, 'name_or_path', '')!r})"
+    vocab = len(tokenizer)
+    found: list[tuple[int, str]] = []  # (id, where it came from), in priority order
+    if tokenizer.eos_token_id is not None:
+        found.append((tokenizer.eos_token_id, f"{name}.eos_token_id"))
+    if model_path is not None and str(model_path) != "":
+        model_path = pathlib.Path(model_path)
+        if not model_path.exists():
+            raise FileNotFoundError(f"eos_token_ids: model path {model_path} does not exist")
+        source = f"{model_path / 'generation_config.json'} field eos_token_id"
+        found += [(i, source) for i in _generation_config_eos(model_path)]
+    turn_end = _template_end_of_turn(tokenizer)
+    if turn_end is not None:
+        found.append((turn_end, f"{name}'s chat template end of turn"))
+    for token_id, source in found:
+        if not 0 <= token_id < vocab:
+            raise ValueError(f"eos_token_ids: id {token_id} from {source} is outside the tokenizer's "
+                             f"{vocab} tokens (a tokenizer of another model?)")
+    ids = tuple(dict.fromkeys(token_id for token_id, _ in found))
+    if not ids:
+        raise ValueError(f"eos_token_ids: {name} has no eos_token_id, no end-of-turn token in a chat "
+                         f"template, and no generation_config.json eos_token_id: a completion could never "
+                         f"stop (set the tokenizer's eos_token)")
+    return ids
+
+
+def _as_ids(eos_id) -> tuple[int, ...]:
+    """An int, or a tuple / list / array of ints, as a tuple of ints."""
+    return (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in np.asarray(eos_id).ravel())
+
+
+def prompt_ids(tokenizer: transformers.PreTrainedTokenizerBase, texts: list[str], *, chat: bool = False,
+               system: str | None = None) -> list[list[int]]:
+    """The token ids of each prompt exactly as `encode_prompts` writes them (before padding).
+
+    `chat=True`: the text as a user turn (after an optional `system` turn) through the chat template,
+    with the generation prompt; otherwise the text with the tokenizer's own special tokens.
+    """
+    if chat:
+        rendered = []
+        for text in texts:
+            messages = ([{"role": "system", "content": system}] if system is not None else [])
+            messages.append({"role": "user", "content": text})
+            rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        # The template already wrote every special token (BOS included): add none twice.
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
+    return tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+
+
 def decode_completions(
     tokenizer: transformers.PreTrainedTokenizerBase,
     tokens,
     mask,
     *,
-    eos_id: int | None = None,
+    eos_id: int | tuple[int, ...] | None = None,
 ) -> list[str]:
     """Text of each row's masked-in tokens, stopped before the first EOS, special tokens skipped.
 
-    `tokens` [N, T] and `mask` [N, T] (any array type; nonzero = real). `eos_id` defaults to the
-    tokenizer's EOS. Text up to the EOS is kept even when the row's mask runs past it.
+    `tokens` [N, T] and `mask` [N, T] (any array type; nonzero = real). `eos_id`: an int or a tuple
+    of ints (the text stops before the first of any of them); it defaults to the tokenizer's EOS.
+    Text up to the EOS is kept even when the row's mask runs past it.
     """
     tokens = np.asarray(tokens)
     mask = np.asarray(mask)
     if tokens.shape != mask.shape or tokens.ndim != 2:
         raise ValueError(f"decode_completions: tokens {tokens.shape} and mask {mask.shape} must be equal [N, T]")
     eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
+    stops = frozenset(_as_ids(eos_id)) if eos_id is not None else frozenset()
     texts = []
     for row, row_mask in zip(tokens, mask):
         ids = row[row_mask != 0].tolist()
-        if eos_id is not None and eos_id in ids:
-            ids = ids[: ids.index(eos_id)]
+        ids = ids[: next((i for i, t in enumerate(ids) if t in stops), len(ids))]
         texts.append(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
     return texts
