@@ -11,8 +11,18 @@
 - GQA: num_heads query heads share num_kv_heads key/value heads (groups of num_heads // num_kv_heads
   consecutive query heads, as in HF's repeat_kv).
 - Optional q/k/v bias (Qwen2: attention_bias=True); o_proj never has a bias.
-- dtype ("float32" or "bfloat16") is the parameter and matmul dtype; norms, attention scores,
-  softmax and logits are f32.
+- Two dtypes, as Flax's param_dtype / dtype and MaxText's weight_dtype / dtype:
+    param_dtype ("float32" default, or "bfloat16"): the dtype params are created, stored, loaded in
+        and optimised in (so also the Adam moments). Keep it f32 for training: one Adam step at lr
+        1e-6 on bf16 weights of scale 0.02 changes only ~2% of them (the rest round away).
+    dtype ("float32" default, or "bfloat16"): the compute dtype. Every weight enters the compute
+        through a cast to it (`_linear` kernels and biases, the embedding lookup, the LM head, norm
+        scales), and so do the activations: the residual stream and the KV cache are in it. The casts
+        are skipped when the dtypes already match (f32/f32 compiles to exactly the program without
+        them). Norms (f32 inside, output in the input's dtype), RoPE angles, attention scores /
+        softmax and the logits stay f32.
+  `cast_params(params, dtype)` casts a params tree once (e.g. a frozen reference policy stored in
+  the compute dtype): the in-layer casts are then no-ops and every number is the same.
 
 Why plain functions rather than Flax NNX modules: the public API is functional (params in, logits
 out) and the layout below is a contract the weights loader maps Hugging Face tensors onto, so the
@@ -82,7 +92,8 @@ class ModelConfig:
     tie_embeddings: bool = False
     attention_bias: bool = False
     max_position_embeddings: int = 2048
-    dtype: str = "float32"  # parameter + matmul dtype ("float32" or "bfloat16")
+    dtype: str = "float32"  # compute (matmul, activation, KV cache) dtype: "float32" or "bfloat16"
+    param_dtype: str = "float32"  # stored / optimised weight dtype: "float32" or "bfloat16"
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -91,13 +102,16 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
+        for field in ("dtype", "param_dtype"):
+            value = getattr(self, field)
+            if value not in ("float32", "bfloat16"):
+                raise ValueError(f"{field}={value!r}: expected 'float32' or 'bfloat16'")
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
-    """Random params in the layout above: normal(0.02) kernels/embeddings, zero biases, unit norm scales."""
-    dtype = jnp.dtype(config.dtype)
+    """Random params in the layout above, in config.param_dtype: normal(0.02) kernels/embeddings, zero
+    biases, unit norm scales."""
+    dtype = jnp.dtype(config.param_dtype)
     d, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
     q_out, kv_out = config.num_heads * hd, config.num_kv_heads * hd
 
@@ -140,11 +154,27 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
     return params
 
 
+def _cast(x: jax.Array, dtype) -> jax.Array:
+    """x in dtype; x itself (no convert op in the program) when it already is."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def cast_params(params, dtype):
+    """The params tree with every floating leaf cast to dtype ("float32", "bfloat16" or a jnp dtype);
+    other leaves, and leaves already in dtype, are returned as they are."""
+    dtype = jnp.dtype(dtype)
+    return jax.tree.map(lambda x: _cast(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
 def rms_norm(x: jax.Array, scale: jax.Array, *, eps: float) -> jax.Array:
-    """x * rsqrt(mean(x^2) + eps) * scale over the last axis; f32 inside (bf16 squares lose too much)."""
+    """x * rsqrt(mean(x^2) + eps) * scale over the last axis; f32 inside (bf16 squares lose too much).
+
+    The scale is first rounded to x's (the compute) dtype, like every other weight, so a forward
+    over f32 params equals the forward over cast_params(params, dtype) exactly.
+    """
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (normed * scale.astype(jnp.float32)).astype(x.dtype)
+    return (normed * _cast(scale, x.dtype).astype(jnp.float32)).astype(x.dtype)
 
 
 def rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
@@ -159,13 +189,15 @@ def rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-def _linear(p: dict, x: jax.Array) -> jax.Array:
+def _linear(p: dict, x: jax.Array, dtype) -> jax.Array:
+    """x [..., in] @ kernel [in, out] (+ bias), with x, kernel and bias cast to the compute dtype."""
+    x, kernel = _cast(x, dtype), _cast(p["kernel"], dtype)
     # A 2-D matmul on [B*L, in] rather than [B, L, in] @ [in, out]: with the 3-D form XLA:CPU
     # physically transposes the activations before every weight-gradient matmul in the backward
     # (101 transposes vs 16 in the forward). Measured 1.26x faster quick-start train step
     # (benchmarks/README.md, linear_layout).
-    y = (x.reshape(-1, x.shape[-1]) @ p["kernel"]).reshape(*x.shape[:-1], p["kernel"].shape[-1])
-    return y + p["bias"] if "bias" in p else y
+    y = (x.reshape(-1, x.shape[-1]) @ kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+    return y + _cast(p["bias"], dtype) if "bias" in p else y
 
 
 def _attention(config: ModelConfig, q, k, v, mask, *, keys_transposed: bool = False) -> jax.Array:
@@ -229,11 +261,12 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
     """One decoder layer. Without a cache, keys are this call's tokens; with one, the cache's S slots."""
     b, l, _ = x.shape
     hd = config.head_dim
+    dtype = jnp.dtype(config.dtype)
     attn = p["self_attn"]
     n = rms_norm(x, p["input_layernorm"]["scale"], eps=config.rms_norm_eps)
-    q = _linear(attn["q_proj"], n).reshape(b, l, config.num_heads, hd)  # [B, L, H*hd] -> [B, L, H, hd]
-    k = _linear(attn["k_proj"], n).reshape(b, l, config.num_kv_heads, hd)
-    v = _linear(attn["v_proj"], n).reshape(b, l, config.num_kv_heads, hd)
+    q = _linear(attn["q_proj"], n, dtype).reshape(b, l, config.num_heads, hd)  # [B, L, H*hd] -> [B, L, H, hd]
+    k = _linear(attn["k_proj"], n, dtype).reshape(b, l, config.num_kv_heads, hd)
+    v = _linear(attn["v_proj"], n, dtype).reshape(b, l, config.num_kv_heads, hd)
     q = rope(q, positions, theta=config.rope_theta)
     k = rope(k, positions, theta=config.rope_theta)
     v = v.transpose(0, 2, 1, 3)  # [B, L, KV, hd] -> [B, KV, L, hd]
@@ -248,26 +281,31 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
                                               (0, 0, cache_index, 0)),
         }
         k, v = layer_cache["k"], layer_cache["v"]
-    x = x + _linear(attn["o_proj"], _attention(config, q, k, v, mask, keys_transposed=layer_cache is not None))
+    attn_out = _attention(config, q, k, v, mask, keys_transposed=layer_cache is not None)  # [B, L, H*hd]
+    x = x + _linear(attn["o_proj"], attn_out, dtype)
     m = rms_norm(x, p["post_attention_layernorm"]["scale"], eps=config.rms_norm_eps)
     mlp = p["mlp"]
-    x = x + _linear(mlp["down_proj"], jax.nn.silu(_linear(mlp["gate_proj"], m)) * _linear(mlp["up_proj"], m))
+    h = jax.nn.silu(_linear(mlp["gate_proj"], m, dtype)) * _linear(mlp["up_proj"], m, dtype)  # [B, L, I]
+    x = x + _linear(mlp["down_proj"], h, dtype)
     return x, layer_cache
 
 
 def lm_head(config: ModelConfig, params: dict, x: jax.Array) -> jax.Array:
-    """Final norm + LM head: hidden [B, L, D] -> logits f32[B, L, V] (f32 accumulation for bf16 params).
+    """Final norm + LM head: hidden [B, L, D] -> logits f32[B, L, V] (head weight cast to the compute
+    dtype, f32 accumulation).
 
     Split from the body so callers that need logits at only some positions (grpo_jax.sampling's
     completion_logps) can slice the hidden states first and skip the V-wide matmul elsewhere.
     """
+    dtype = jnp.dtype(config.dtype)
     x = rms_norm(x, params["norm"]["scale"], eps=config.rms_norm_eps)
-    flat = x.reshape(-1, x.shape[-1])  # 2-D [B*L, D] for the same reason as `_linear`
+    flat = _cast(x.reshape(-1, x.shape[-1]), dtype)  # 2-D [B*L, D] for the same reason as `_linear`
     if config.tie_embeddings:
-        logits = jnp.einsum("nd,vd->nv", flat, params["embed_tokens"]["embedding"],
+        logits = jnp.einsum("nd,vd->nv", flat, _cast(params["embed_tokens"]["embedding"], dtype),
                             preferred_element_type=jnp.float32)
     else:
-        logits = jnp.einsum("nd,dv->nv", flat, params["lm_head"]["kernel"], preferred_element_type=jnp.float32)
+        logits = jnp.einsum("nd,dv->nv", flat, _cast(params["lm_head"]["kernel"], dtype),
+                            preferred_element_type=jnp.float32)
     return logits.reshape(*x.shape[:-1], logits.shape[-1])
 
 
@@ -290,15 +328,15 @@ def hidden_states(config: ModelConfig, params: dict, tokens: jax.Array, *, atten
     positions = positions_from_mask(attention_mask)
     causal = jnp.tril(jnp.ones((l, l), bool))
     mask = causal[None] & real[:, None, :]  # [B, L(query), L(key)]
-    x = params["embed_tokens"]["embedding"][tokens]
+    x = _cast(params["embed_tokens"]["embedding"][tokens], jnp.dtype(config.dtype))  # [B, L, D]
     for p in params["layers"]:  # unrolled on purpose: see the module docstring
         x, _ = _block(config, p, x, positions, mask, None, None)
     return x
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> list:
-    """Zeroed per-layer KV cache in the param dtype: a list of {"k": [B, KV, hd, max_len] (keys stored
-    transposed), "v": [B, KV, max_len, hd]}."""
+    """Zeroed per-layer KV cache in the compute dtype (config.dtype): a list of
+    {"k": [B, KV, hd, max_len] (keys stored transposed), "v": [B, KV, max_len, hd]}."""
     b, kv, hd = batch_size, config.num_kv_heads, config.head_dim
     dtype = jnp.dtype(config.dtype)
     return [{"k": jnp.zeros((b, kv, hd, max_len), dtype), "v": jnp.zeros((b, kv, max_len, hd), dtype)}
@@ -319,7 +357,7 @@ def apply_with_cache(config: ModelConfig, params: dict, tokens: jax.Array, posit
     slot = jnp.arange(s)[None, :]  # [1, S]
     query_slot = cache_index + jnp.arange(l)[:, None]  # [L, 1]
     mask = (slot <= query_slot)[None] & kv_mask.astype(bool)[:, None, :]  # [B, L, S]
-    x = params["embed_tokens"]["embedding"][tokens]
+    x = _cast(params["embed_tokens"]["embedding"][tokens], jnp.dtype(config.dtype))  # [B, L, D]
     new_cache = []
     for p, layer_cache in zip(params["layers"], cache):  # unrolled: per-layer in-place cache updates
         x, layer_cache = _block(config, p, x, positions, mask, layer_cache, cache_index)

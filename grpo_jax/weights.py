@@ -5,11 +5,16 @@ The param layout is the one `grpo_jax.model` documents. Names map one to one, by
     ("lm_head", "kernel") <-> "lm_head.weight" (no "model." prefix); kernel / scale / embedding <-> weight.
 Kernels are stored [in, out]: the transpose of torch's Linear.weight [out, in].
 
-Loading walks the abstract param tree of `model.init_params` (the single source of truth for names
-and shapes), checks every checkpoint tensor's name and shape before reading any data, then reads one
-tensor at a time into host memory, casts / transposes it there and places it on its devices at once
-(`jax.device_put(arr, sharding)` with `sharding.param_shardings` when a mesh is given): the whole
-model never exists twice in host memory.
+Loading walks the abstract param tree of `model.init_params` (the single source of truth for names,
+shapes and the stored dtype, config.param_dtype), checks every checkpoint tensor's name and shape
+before reading any data, then reads one tensor at a time into host memory, casts / transposes it
+there and places it on its devices at once (`jax.device_put(arr, sharding)` with
+`sharding.param_shardings` when a mesh is given): the whole model never exists twice in host memory.
+
+Two dtypes (see grpo_jax.model): `param_dtype` is what the params are stored (and trained) in,
+`dtype` the compute dtype written into the returned ModelConfig. Both default to f32; asking for
+bf16 compute with `dtype=jnp.bfloat16` alone keeps f32 master weights. `save_hf` writes the params
+as they are stored, with config.json's torch_dtype from config.param_dtype.
 
 GGUF (llama.cpp): llama.cpp's converter permutes the rows of attn_q / attn_k within each head from
 HF's rotate_half RoPE layout (first half of head_dim = real parts, second half = imaginary parts) to
@@ -77,7 +82,7 @@ def _abstract_params(config: ModelConfig):
 
 
 def _dtype_name(dtype) -> str:
-    name = jnp.dtype(dtype).name
+    name = "float32" if dtype is None else jnp.dtype(dtype).name
     if name not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {name!r} is not supported: use jnp.float32 or jnp.bfloat16")
     return name
@@ -107,7 +112,7 @@ def _build(config: ModelConfig, mesh, read):
 # --------------------------------------------------------------------------- Hugging Face
 
 
-def _config_from_hf(hf: dict, *, file: pathlib.Path, dtype: str) -> ModelConfig:
+def _config_from_hf(hf: dict, *, file: pathlib.Path, dtype: str, param_dtype: str = "float32") -> ModelConfig:
     """config.json dict -> ModelConfig; anything the model does not implement is an error."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -153,6 +158,7 @@ def _config_from_hf(hf: dict, *, file: pathlib.Path, dtype: str) -> ModelConfig:
         attention_bias=attention_bias,
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         dtype=dtype,
+        param_dtype=param_dtype,
     )
 
 
@@ -175,11 +181,15 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
         return {name: single for name in f.keys()}
 
 
-def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
+def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
+            mesh=None) -> tuple[ModelConfig, dict]:
     """Load a local Hugging Face Llama / Qwen2 directory -> (ModelConfig, params).
 
-    Params are cast to `dtype` and, when `mesh` is given, placed tensor by tensor with
-    `sharding.param_shardings(mesh, ...)`. Any missing file, missing / unexpected tensor or shape
+    Params are cast to `param_dtype` (the stored / optimised dtype) and, when `mesh` is given, placed
+    tensor by tensor with `sharding.param_shardings(mesh, ...)`; `dtype` is the compute dtype
+    (config.dtype). A caller passing only `dtype=jnp.bfloat16` gets bf16 compute over f32 params: bf16
+    storage must be asked for with `param_dtype=jnp.bfloat16` (fine for inference, lossy for
+    training: small Adam updates round away). Any missing file, missing / unexpected tensor or shape
     mismatch raises ValueError naming the file and the tensor before any weight is read.
     """
     from safetensors import safe_open
@@ -189,7 +199,8 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[M
     if not config_file.is_file():
         raise ValueError(f"{config_file}: file missing (not a Hugging Face model directory)")
     hf_config = json.loads(config_file.read_text())
-    config = _config_from_hf(hf_config, file=config_file, dtype=_dtype_name(dtype))
+    config = _config_from_hf(hf_config, file=config_file, dtype=_dtype_name(dtype),
+                             param_dtype=_dtype_name(param_dtype))
     files = _tensor_files(path)
 
     # Expected tensors, from the abstract tree: name -> (HF shape, transposed?).
@@ -255,8 +266,8 @@ def _config_to_hf(config: ModelConfig) -> dict:
         "rope_theta": config.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "tie_word_embeddings": config.tie_embeddings,
-        "dtype": config.dtype,
-        "torch_dtype": config.dtype,
+        "dtype": config.param_dtype,  # the weights as stored (not the compute dtype)
+        "torch_dtype": config.param_dtype,
         "use_cache": True,
     }
     if model_type == "qwen2":
@@ -312,7 +323,7 @@ def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _gguf_config(reader, *, file: pathlib.Path, dtype: str) -> ModelConfig:
+def _gguf_config(reader, *, file: pathlib.Path, dtype: str, param_dtype: str = "float32") -> ModelConfig:
     """Llama-architecture GGUF metadata -> ModelConfig."""
     def field(key, default=None):
         f = reader.fields.get(key)
@@ -348,11 +359,15 @@ def _gguf_config(reader, *, file: pathlib.Path, dtype: str) -> ModelConfig:
         attention_bias="blk.0.attn_q.bias" in names,
         max_position_embeddings=field("llama.context_length", 2048),
         dtype=dtype,
+        param_dtype=param_dtype,
     )
 
 
-def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
-    """Load a Llama-architecture GGUF -> (ModelConfig, params), dequantised to f32 then cast to `dtype`.
+def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
+              mesh=None) -> tuple[ModelConfig, dict]:
+    """Load a Llama-architecture GGUF -> (ModelConfig, params), dequantised to f32 then cast to
+    `param_dtype`; `dtype` is the compute dtype (config.dtype), as in `load_hf` (so `dtype` alone
+    keeps f32 params).
 
     Tensor by tensor, like `load_hf`. Q/K rows are un-permuted back to the rotate_half layout.
     """
@@ -362,7 +377,7 @@ def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> tuple
     if not path.is_file():
         raise ValueError(f"{path}: file missing")
     reader = gguf.GGUFReader(path)
-    config = _gguf_config(reader, file=path, dtype=_dtype_name(dtype))
+    config = _gguf_config(reader, file=path, dtype=_dtype_name(dtype), param_dtype=_dtype_name(param_dtype))
     tensors = {t.name: t for t in reader.tensors}
     abstract = _abstract_params(config)
     expected = {}

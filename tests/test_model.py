@@ -157,7 +157,9 @@ def test_gqa_equals_multi_head_with_repeated_kv_heads():
 
 
 def test_bfloat16_runs_and_is_close_to_float32():
-    bf_cfg = ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16"})
+    """bf16 storage AND compute (param_dtype = dtype = bfloat16); bf16 compute over f32 params is in
+    tests/test_precision.py."""
+    bf_cfg = ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16", "param_dtype": "bfloat16"})
     params = _params()
     bf = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     assert model.init_params(bf_cfg, jax.random.key(0))["layers"][0]["mlp"]["up_proj"]["kernel"].dtype == jnp.bfloat16
@@ -191,8 +193,10 @@ def test_init_params_layout_and_statistics():
 def test_config_validation():
     with pytest.raises(ValueError, match="num_kv_heads=3"):
         ModelConfig(**{**CFG.__dict__, "num_kv_heads": 3})
-    with pytest.raises(ValueError, match="float16"):
+    with pytest.raises(ValueError, match="dtype='float16'"):
         ModelConfig(**{**CFG.__dict__, "dtype": "float16"})
+    with pytest.raises(ValueError, match="param_dtype='float16'"):
+        ModelConfig(**{**CFG.__dict__, "param_dtype": "float16"})
 
 
 def _reference_attention(q, k, v, row_mask):
