@@ -1,14 +1,17 @@
 """DeepSeekMath GRPO (Shao et al. 2024, arXiv:2402.03300, §4.2 and Table/§4.1.2).
 
 Published: G = 64 outputs per question, KL coefficient beta = 0.04, policy learning rate 1e-6,
-max length 1024, 1024 samples per batch (16 questions x 64), one update per exploration stage
-(mu = 1), outcome supervision with per-group normalised rewards; mean over tokens then over outputs
+max length 1024, 1024 samples per batch (16 questions x 64), a single policy update per
+exploration stage (mu = 1, K = 1 optimizer step per rollout), outcome supervision with per-group normalised rewards; mean over tokens then over outputs
 ("grpo" aggregation). The paper does not print epsilon; 0.2 is the PPO value its code and TRL use.
 
     python -m grpo_jax.train --config experiments/deepseekmath.py --workdir runs/dsmath \
         --config.task.name=gsm8k --config.task.data_path=PATH/gsm8k --config.model.path=HF_DIR
 
+Lengths: 512 prompt tokens (GSM8K / MATH questions through a chat template are 100-400 tokens;
+longer ones are dropped at data load and counted), 1024 new tokens (the paper's max length).
 Expected: the paper's setting for 7B models; on the CPU quick-start model G = 64 is slow.
+tests/test_presets.py runs it for 2 steps on a tiny Qwen2 checkpoint.
 Pinned by tests/test_presets.py.
 """
 from grpo_jax.config import Config
@@ -24,5 +27,7 @@ def get_config() -> Config:
     c.grpo.num_iterations = 1
     c.optim.learning_rate = 1e-6
     c.train.prompts_per_step = 16
+    c.train.steps_per_generation = 1
+    c.sampling.max_prompt_length = 512
     c.sampling.max_new_tokens = 1024
     return c

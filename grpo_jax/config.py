@@ -44,7 +44,13 @@ class ModelSection:
     # Tokenizer: a HF dir / tokenizer.json / .gguf. Empty: the model path's own tokenizer, or the
     # built-in character tokenizer when path is empty too.
     tokenizer: str = ""
+    # Compute dtype: matmul inputs (activations and weights) are cast to it inside each layer; norms,
+    # attention softmax and logits stay f32. bfloat16 halves activation memory and bandwidth.
     dtype: str = "float32"
+    # Stored, optimised weight dtype (Adam's moments follow it). Keep float32: Adam updates at
+    # lr 1e-6 on bf16 weights of scale 0.02 round away for ~98 % of them (the master-weights
+    # problem; Flax param_dtype / MaxText weight_dtype). The frozen reference is stored in `dtype`.
+    param_dtype: str = "float32"
     # Architecture of a random-init model (ignored when `path` is set: the checkpoint says).
     # vocab_size 0 means "the tokenizer's size".
     vocab_size: int = 0
@@ -66,6 +72,10 @@ class TaskSection:
     name: str = "arithmetic"
     # File or directory of the dataset (gsm8k / math500 / svamp). Not needed for synthetic tasks.
     data_path: str = ""
+    # Training problems from another dataset than the eval set. math500 needs it: MATH-500 is an
+    # eval set, so training reads the MATH release here (its problems not in MATH-500, PRM800K's
+    # split). Empty for the other tasks: their own train split.
+    train_data_path: str = ""
     train_split: str = "train"
     eval_split: str = "test"
     prompt_style: str = "reasoning"
@@ -103,6 +113,16 @@ class GRPOSection:
     importance_level: str = "token"  # "sequence" = GSPO
     num_iterations: int = 1  # mu: updates per sampled batch
     advantage_eps: float = 1e-4
+    # DAPO: a completion that hit sampling.max_new_tokens without an EOS is left out of the loss
+    # (its reward still counts in its group's advantages), as TRL's mask_truncated_completions.
+    mask_truncated_completions: bool = False
+    # DAPO dynamic sampling: sample ceil(prompts_per_step * dynamic_sampling_factor) prompts per
+    # round, keep only groups whose rewards are not all equal, and repeat (up to
+    # dynamic_sampling_max_rounds rounds) until prompts_per_step groups are kept; if still short,
+    # train on those kept with the missing rows masked out. Shapes stay static.
+    dynamic_sampling: bool = False
+    dynamic_sampling_factor: float = 2.0
+    dynamic_sampling_max_rounds: int = 3
 
 
 @dataclasses.dataclass(slots=True)
@@ -129,7 +149,10 @@ class OptimSection:
 class TrainSection:
     steps: int = 200
     prompts_per_step: int = 16  # B; the batch is B * G completions
-    num_minibatches: int = 1  # gradient accumulation over the B * G rows
+    # K optimizer steps per sampled batch (TRL steps_per_generation, PPO minibatches): the B * G
+    # rows are split into K parts, one update each; old log-probs are the sampling policy's.
+    steps_per_generation: int = 1
+    num_minibatches: int = 1  # gradient accumulation inside each of the K updates
     seed: int = 0
     log_every: int = 1
     eval_every: int = 50  # 0 disables eval
@@ -144,7 +167,7 @@ class TrainSection:
 class SFTSection:
     steps: int = 0  # supervised warm-start steps before GRPO; 0 skips SFT
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-5  # suits fine-tuning a pretrained model; from-scratch models set more
     warmup_steps: int = 0
     # Early stop: every `eval_every` steps, greedy accuracy on `validation_size` held-out problems
     # (disjoint from the reported eval set); stop once it reaches `stop_accuracy` (0 = run all steps).
@@ -337,6 +360,7 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     m, t, r, g, s, o, tr, sft = (config.model, config.task, config.rewards, config.grpo,
                                  config.sampling, config.optim, config.train, config.sft)
     _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
+    _check(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype, f"one of {DTYPES}")
     for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                 "intermediate_size", "max_position_embeddings"):
         _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
@@ -347,11 +371,19 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(t.prompt_style in PROMPT_STYLES, "task.prompt_style", t.prompt_style, f"one of {PROMPT_STYLES}")
     _check(t.name not in ("gsm8k", "math500", "svamp") or bool(t.data_path), "task.data_path",
            t.data_path, f"the dataset's file or directory for task {t.name!r}")
+    _check(t.name != "math500" or bool(t.train_data_path), "task.train_data_path", t.train_data_path,
+           "the MATH release's file or directory (test.jsonl) for task 'math500': MATH-500 is the "
+           "eval set, training uses the MATH problems not in it")
     _check(t.num_digits >= 1, "task.num_digits", t.num_digits, ">= 1")
     _check(t.working in WORKINGS, "task.working", t.working, f"one of {WORKINGS}")
     _check(t.eval_size >= 0, "task.eval_size", t.eval_size, ">= 0")
     for key in ("correctness", "format", "overlong"):
         _check(getattr(r, key) >= 0, f"rewards.{key}", getattr(r, key), ">= 0")
+    _check(r.correctness + r.format > 0, "rewards.correctness", r.correctness,
+           "> 0, or rewards.format > 0: with no verifier weighted every reward is 0 and GRPO learns nothing")
+    _check(r.overlong == 0 or 0 <= r.overlong_cache <= s.max_new_tokens, "rewards.overlong_cache",
+           r.overlong_cache, f"in [0, sampling.max_new_tokens = {s.max_new_tokens}] when rewards.overlong > 0 "
+           f"(the soft-punishment window lies inside the generation limit)")
     _check(r.timeout_seconds > 0, "rewards.timeout_seconds", r.timeout_seconds, "> 0")
     _check(g.group_size >= 2, "grpo.group_size", g.group_size,
            ">= 2 (group-relative advantages need at least two completions per prompt)")
@@ -365,7 +397,12 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
            f"one of {IMPORTANCE_LEVELS}")
     _check(g.num_iterations >= 1, "grpo.num_iterations", g.num_iterations, ">= 1")
     _check(g.advantage_eps > 0, "grpo.advantage_eps", g.advantage_eps, "> 0")
-    _check(s.temperature >= 0, "sampling.temperature", s.temperature, ">= 0 (0 = greedy)")
+    _check(g.dynamic_sampling_factor >= 1, "grpo.dynamic_sampling_factor", g.dynamic_sampling_factor, ">= 1")
+    _check(g.dynamic_sampling_max_rounds >= 1, "grpo.dynamic_sampling_max_rounds",
+           g.dynamic_sampling_max_rounds, ">= 1")
+    _check(s.temperature > 0 or tr.steps == 0, "sampling.temperature", s.temperature,
+           "> 0 for GRPO: at 0 (greedy) every completion of a group is the same, every advantage is 0 "
+           "and nothing is learnt (evaluation is greedy whatever this is)")
     _check(s.top_k >= 0, "sampling.top_k", s.top_k, ">= 0 (0 = off)")
     _check(0 < s.top_p <= 1, "sampling.top_p", s.top_p, "in (0, 1]")
     _check(s.max_new_tokens >= 1, "sampling.max_new_tokens", s.max_new_tokens, ">= 1")
@@ -380,9 +417,14 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(tr.steps >= 0, "train.steps", tr.steps, ">= 0")
     _check(tr.prompts_per_step >= 1, "train.prompts_per_step", tr.prompts_per_step, ">= 1")
     _check(tr.num_minibatches >= 1, "train.num_minibatches", tr.num_minibatches, ">= 1")
+    _check(tr.steps_per_generation >= 1, "train.steps_per_generation", tr.steps_per_generation, ">= 1")
     rows = tr.prompts_per_step * g.group_size
-    _check(rows % tr.num_minibatches == 0, "train.num_minibatches", tr.num_minibatches,
+    _check(rows % tr.steps_per_generation == 0, "train.steps_per_generation", tr.steps_per_generation,
            f"a divisor of train.prompts_per_step * grpo.group_size = {rows}")
+    part = rows // tr.steps_per_generation
+    _check(part % tr.num_minibatches == 0, "train.num_minibatches", tr.num_minibatches,
+           f"a divisor of the rows of each optimizer step, train.prompts_per_step * grpo.group_size / "
+           f"train.steps_per_generation = {part}")
     for key in ("log_every", "max_checkpoints", "eval_batch_size"):
         _check(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), ">= 1")
     for key in ("eval_every", "checkpoint_every", "samples_every", "pass_k"):
@@ -401,10 +443,11 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     if num_devices is not None:
         data, fsdp = mesh_shape(config, num_devices)
         shards = data * fsdp
-        _check(rows // tr.num_minibatches % shards == 0, "train.prompts_per_step", tr.prompts_per_step,
-               f"such that prompts_per_step * grpo.group_size / train.num_minibatches "
-               f"({rows} / {tr.num_minibatches}) is divisible by the mesh's {shards} devices "
-               f"(mesh.data={data} x mesh.fsdp={fsdp})")
+        chunks = tr.steps_per_generation * tr.num_minibatches
+        _check(rows // chunks % shards == 0, "train.prompts_per_step", tr.prompts_per_step,
+               f"such that prompts_per_step * grpo.group_size / (train.steps_per_generation * "
+               f"train.num_minibatches) ({rows} / {chunks}) is divisible by the mesh's {shards} "
+               f"devices (mesh.data={data} x mesh.fsdp={fsdp})")
         _check(sft.batch_size % shards == 0, "sft.batch_size", sft.batch_size,
                f"divisible by the mesh's {shards} devices")
         _check(tr.eval_batch_size % shards == 0, "train.eval_batch_size", tr.eval_batch_size,

@@ -53,6 +53,12 @@ def test_bad_overrides_name_the_key(override, match):
     ("train.num_minibatches=3", r"`train.num_minibatches` = 3 .* 128"),
     ("model.num_kv_heads=3", r"`model.num_kv_heads`"),
     ("task.working=digits", r"`task.working` = 'digits' .*'equation', 'columns'"),
+    # Configs that would silently learn nothing, or die mid-run, are refused up front.
+    ("sampling.temperature=0", r"`sampling.temperature` = 0.0 .*every advantage is 0"),
+    ("rewards.correctness=0", r"`rewards.correctness` = 0.0 .*learns nothing"),
+    ("model.param_dtype=float16", r"`model.param_dtype`"),
+    ("train.steps_per_generation=3", r"`train.steps_per_generation` = 3 .* 128"),
+    ("grpo.dynamic_sampling_factor=0.5", r"`grpo.dynamic_sampling_factor`"),
 ])
 def test_invalid_values_name_key_and_allowed(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -120,3 +126,21 @@ def test_command_line(tmp_path):
     bad.write_text("def get_config():\n    return {}\n")
     with pytest.raises(ConfigError, match="must return grpo_jax.config.Config"):
         cfg.parse_command_line(["--config", str(bad), "--workdir", "w"])
+
+
+def test_more_refusals_that_need_two_keys():
+    c = apply_overrides(Config(), ["task.name=math500", "task.data_path=somewhere"])
+    with pytest.raises(ConfigError, match=r"`task.train_data_path`.*MATH-500 is the eval set"):
+        validate(c)
+    c = apply_overrides(Config(), ["rewards.overlong=1.0", "rewards.overlong_cache=100", "sampling.max_new_tokens=64"])
+    with pytest.raises(ConfigError, match=r"`rewards.overlong_cache` = 100 .*max_new_tokens = 64"):
+        validate(c)
+    c = apply_overrides(Config(), ["train.steps_per_generation=4", "train.num_minibatches=3"])
+    with pytest.raises(ConfigError, match=r"`train.num_minibatches` = 3 .* 32"):
+        validate(c)
+    # Eval-only configs (train.steps=0) may be greedy.
+    validate(apply_overrides(Config(), ["sampling.temperature=0", "train.steps=0"]))
+
+
+def test_sft_learning_rate_default_suits_a_pretrained_model():
+    assert Config().sft.learning_rate <= 2e-5

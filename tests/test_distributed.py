@@ -2,8 +2,11 @@
 4 CPU devices per process, one 4x2 mesh over all 8) writes the same metrics as a 1-process run on
 8 devices, and resumes from a checkpoint both processes wrote into one shared workdir.
 
-Each child process calls `jax.distributed.initialize` and `train.run`; the batches are a pure
-function of the step, built identically on every process, so the runs must agree to float noise.
+Each child process goes through the command-line entry point (`train.main` with
+--coordinator_address / --num_processes / --process_id, which starts `jax.distributed`); the batches
+are a pure function of the step, built identically on every process, and the rewards are scored on
+process 0 alone and broadcast (the children's verifiers raise anywhere else), so the runs must agree
+to float noise.
 """
 
 import os
@@ -35,21 +38,31 @@ TINY = [
 TIMING = ("sample_seconds", "reward_seconds", "update_seconds", "step_seconds")
 TIMEOUT_S = 300
 
-# argv: process_id, port, workdir, stop_after, train args... Runs `stop_after` steps, "crashes"
-# (returns), then resumes in the same workdir to the end: the second run restores the checkpoint
-# both processes saved.
 _CHILD = textwrap.dedent("""
     import sys
     import jax
-    process_id, port, workdir, stop_after = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                               process_id=process_id, initialization_timeout=120)
-    assert (jax.process_count(), jax.local_device_count(), jax.device_count()) == (2, 4, 8)
     from grpo_jax import train
-    argv = ["--workdir", workdir] + sys.argv[5:]
-    train.run(argv, stop_after=stop_after)
-    train.run(argv)
+    process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    # Only process 0 may score: on any other process every verifier raises (scores 0). If a process
+    # other than 0 scored its own copy of the batch, its advantages would differ and the sharded
+    # update would mix the two, so the metrics below would not match the one-process run.
+    make_task = train.make_task
+    def guarded(fn):
+        def verifier(completion, example):
+            if jax.process_index() != 0:
+                raise RuntimeError("verifier called on process %d" % jax.process_index())
+            return fn(completion, example)
+        return verifier
+    train.make_task = lambda c: (lambda t: t._replace(verifiers={k: guarded(v) for k, v in t.verifiers.items()}))(make_task(c))
+
+    # The command-line entry point, as `python -m grpo_jax.train` runs it: it starts jax.distributed
+    # from the flags. 1 step, "crash", then resume to step 2 from the checkpoint both processes wrote.
+    argv = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id",
+            str(process_id), "--workdir", workdir] + sys.argv[4:]
+    assert train.main(argv + ["--config.train.steps=1"]) == 0
+    assert (jax.process_count(), jax.local_device_count(), jax.device_count()) == (2, 4, 8)
+    assert train.main(argv + ["--config.train.steps=2"]) == 0
     print("CHILD DONE", process_id, flush=True)
     jax.distributed.shutdown()
 """)
@@ -79,7 +92,7 @@ def _run_two_processes(tmp_path, workdir):
         "--xla_cpu_collective_call_warn_stuck_timeout_seconds=5",
         "--xla_cpu_collective_call_terminate_timeout_seconds=8"]))
     port = _free_port()
-    args = [str(workdir), "1", "--config", QUICKSTART] + [f"--config.{o}" for o in TINY]
+    args = [str(workdir), "--config", QUICKSTART] + [f"--config.{o}" for o in TINY]
     logs = [tmp_path / f"process{i}.log" for i in range(2)]
     procs = []
     for i in range(2):
@@ -112,7 +125,8 @@ def test_two_process_run_matches_one_process(tmp_path):
     _run_two_processes(tmp_path, multi)
 
     single = tmp_path / "single"
-    train.run(_argv(single))
+    train.run(_argv(single) + ["--config.train.steps=1"])
+    train.run(_argv(single) + ["--config.train.steps=2"])
 
     got, want = _rows(multi), _rows(single)
     assert [(r["step"], sorted(r)) for r in got] == [(r["step"], sorted(r)) for r in want]

@@ -65,3 +65,91 @@ def test_preset_group_and_scale(name, group_size, scale, expected):
     adv = group_advantages(jnp.array([1.0, 0.0]), 2, scale=c.grpo.scale_rewards, eps=c.grpo.advantage_eps)
     if expected is not None:
         assert adv.tolist() == expected
+
+
+# --- every preset runs: 2 steps on a tiny HF Qwen2 with a chat template and GSM8K-shaped data ----
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+PRESETS = ["deepseekmath", "r1", "dapo", "dr_grpo", "gspo"]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory):
+    """A tiny random Qwen2 checkpoint written by transformers, with a character tokenizer that has
+    ChatML turns (`<|im_end|>` ends a turn; the eos is `<eos>`), and GSM8K-shaped JSONL data with
+    one question too long for any preset's prompt limit."""
+    import json
+    import string
+
+    import torch
+    import transformers
+
+    from grpo_jax import tokenizer as tok_lib
+
+    root = tmp_path_factory.mktemp("tiny_chat")
+    tok = tok_lib.char_tokenizer(string.digits + string.ascii_letters + string.punctuation + " \n")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    model_dir = root / "model"
+    tok.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                   max_position_embeddings=4096, tie_word_embeddings=True)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(model_dir)
+    (model_dir / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]}))
+    data = root / "gsm8k"
+    data.mkdir()
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+             "answer": f"He has {a}+{b}={a + b} apples.\n#### {a + b}"} for a in range(2, 9) for b in range(3, 9)]
+    rows.append({"question": "A very long question. " * 200 + "How many?", "answer": "#### 1"})
+    for split, part in (("train", rows[:-9] + rows[-1:]), ("test", rows[-9:-1])):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return model_dir, data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_runs_two_steps_on_a_tiny_hf_model(name, tiny_chat_model, tmp_path):
+    # The preset's own algorithm (G, epsilon, beta, loss, K, dynamic sampling, ...); only the scale
+    # is shrunk: 2 prompts per step, 8 new tokens, a 400-token prompt limit, one device.
+    from grpo_jax import metrics as metrics_lib
+    from grpo_jax import train
+
+    model_dir, data = tiny_chat_model
+    preset = load_config(EXPERIMENTS / f"{name}.py")
+    overrides = [
+        f"model.path={model_dir}", "task.name=gsm8k", f"task.data_path={data}", "task.chat_template=true",
+        "task.eval_size=4", "train.eval_batch_size=4", "train.eval_every=2", "train.steps=2",
+        "train.prompts_per_step=2", "sampling.max_new_tokens=8", "sampling.max_prompt_length=400",
+        "rewards.overlong_cache=4", "grpo.dynamic_sampling_max_rounds=2", "mesh.data=1", "mesh.fsdp=1",
+        "train.checkpoint_every=2"]
+    rows = train.run(["--config", str(EXPERIMENTS / f"{name}.py"), "--workdir", str(tmp_path)]
+                     + [f"--config.{o}" for o in overrides])
+    steps = [r for r in metrics_lib.read_metrics(tmp_path) if r["step"] >= 1]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in steps)
+    assert rows[0]["prompts_dropped_train"] == 1  # the long question, dropped at load, counted
+    if preset.grpo.dynamic_sampling:
+        assert all("dynamic_kept_fraction" in r for r in steps)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_prompt_limit_fits_gsm8k_through_a_chat_template(name, shared_data):
+    # With the Qwen3 tokenizer (ids identical to Qwen2.5) and its chat template, no GSM8K training
+    # prompt in the preset's own style is dropped at load: the old limit of 64 dropped nearly all.
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import tokenizer as tok_lib
+    from grpo_jax import train
+
+    tokenizer_dir = shared_data.parent / "tokenizers" / "qwen3"
+    if not tokenizer_dir.is_dir():
+        pytest.skip(f"needs the shared Qwen3 tokenizer at {tokenizer_dir}")
+    c = load_config(EXPERIMENTS / f"{name}.py")
+    c.task.name, c.task.data_path, c.task.chat_template = "gsm8k", str(shared_data / "gsm8k"), True
+    c = cfg_lib.validate(c)
+    task, counts = train.fit_prompts(train.make_task(c), tok_lib.load_tokenizer(tokenizer_dir), c)
+    assert counts == {"prompts_dropped_train": 0, "prompts_dropped_eval": 0}
+    assert c.sampling.max_new_tokens >= 1024

@@ -303,3 +303,42 @@ def test_format_target_round_trips_through_the_verifiers(reasoning, answer, styl
     assert extract_answer(target, style=style) == str(answer)
     assert correctness(target, str(answer), style=style) == 1.0
     assert format_reward(target, style=style) == 1.0
+
+
+# --- one guard for every task: training and held-out problems are disjoint ----------------------
+
+
+@pytest.mark.parametrize("name", ["arithmetic", "countdown", "gsm8k", "math500", "svamp"])
+def test_training_and_held_out_problems_are_disjoint(name, request):
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import train
+
+    c = cfg_lib.Config()
+    c.task.name = name
+    c.task.eval_size = 0 if name in ("gsm8k", "math500", "svamp") else 500
+    if name in ("gsm8k", "math500", "svamp"):
+        data = request.getfixturevalue("shared_data")
+        c.task.data_path = str(data / name)
+        if name == "math500":
+            c.task.train_data_path = str(data / "math")
+    task = train.make_task(cfg_lib.validate(c))
+    held_out = {train.normalized_problem(e.prompt) for e in task.eval_examples + task.validation_examples}
+    if task.train_records is not None:
+        training = task.train_records
+        assert len(training) > 0.5 * len(held_out) or name == "svamp"
+    else:  # a generated task: its first 20,000 training problems
+        training = [task.train_example(i) for i in range(20_000)]
+    overlap = [e.prompt for e in training if train.normalized_problem(e.prompt) in held_out]
+    assert not overlap, overlap[:3]
+
+
+def test_math500_trains_on_math_minus_math500(shared_data):
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import train
+
+    c = cfg_lib.Config()
+    c.task.name, c.task.eval_size = "math500", 0
+    c.task.data_path, c.task.train_data_path = str(shared_data / "math500"), str(shared_data / "math")
+    task = train.make_task(cfg_lib.validate(c))
+    assert len(task.eval_examples) + len(task.validation_examples) == 500
+    assert len(task.train_records) == 4500  # the MATH test set less MATH-500 (PRM800K's split)
