@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import advantages as adv_lib
-from grpo_jax import sampling, sharding, weights
+from grpo_jax import sampling, scoring, sharding, weights
 from grpo_jax import tokenizer as tok_lib
 from grpo_jax import train_step as ts
 from grpo_jax.train import make_put
@@ -143,7 +143,7 @@ def main(argv=None):
         ts.build_train_step(config, optimizer, use_reference=use_reference, max_completion_length=t),
         mesh, state_sh, ref_sh)
     hp = ts.make_hparams(epsilon=0.2, beta=args.beta, temperature=1.0)
-    ref_fn = jax.jit(lambda prm, bt: sampling.completion_logps(
+    ref_fn = jax.jit(lambda prm, bt: scoring.completion_logps(
         config, prm, bt.prompt_tokens, bt.prompt_mask, bt.completion_tokens))
     time_ref = use_reference and not args.no_ref_timing
 

@@ -3,7 +3,7 @@
     python -m benchmarks.profile_update [--model-dir benchmarks/_models/tiny_qwen2] [--reps 5]
 
 Times, on one batch of N = 64 rows, prompt 32, completion 64 (jitted, blocked, medians of --reps):
-  fwd        sampling.completion_logps (the reference forward)
+  fwd        scoring.completion_logps (the reference forward)
   grad       jax.grad of the masked mean log-prob w.r.t. all params (forward + backward, no GRPO extras)
   step_ref   the real train step (use_reference=True: ref forward + policy fwd/bwd + AdamW)
   step_noref the real train step with use_reference=False
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import sampling, sharding, weights
+from grpo_jax import scoring, sharding, weights
 from grpo_jax import train_step as ts
 
 
@@ -41,8 +41,8 @@ def main():
     adv = jnp.asarray(rng.normal(size=n), jnp.float32)
     batch = ts.Batch(ptok, pmask, ctok, cmask, adv)
 
-    fwd = jax.jit(lambda prm: sampling.completion_logps(config, prm, ptok, pmask, ctok))
-    grad = jax.jit(jax.grad(lambda prm: (sampling.completion_logps(config, prm, ptok, pmask, ctok) * cmask).mean()))
+    fwd = jax.jit(lambda prm: scoring.completion_logps(config, prm, ptok, pmask, ctok))
+    grad = jax.jit(jax.grad(lambda prm: (scoring.completion_logps(config, prm, ptok, pmask, ctok) * cmask).mean()))
     opt = ts.make_optimizer(learning_rate=1e-6)
     hp = ts.make_hparams(epsilon=0.2, beta=0.04, temperature=1.0)
     step_ref = jax.jit(ts.build_train_step(config, opt, use_reference=True))

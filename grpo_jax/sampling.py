@@ -23,7 +23,7 @@ Log-prob contract (why sampled and training log-probs agree exactly):
     Rollout.logps[n, t] = grpo_jax.losses.token_logps(logits_t, y_t, temperature=temperature)
                         = log softmax(logits_t / temperature)[y_t]      (temperature 0 read as 1)
     i.e. the tempered but UNTRUNCATED distribution, the same function the trainer applies to the
-    same logits (completion_logps below). So at num_iterations = 1 the importance ratio
+    same logits (grpo_jax.scoring.completion_logps). So at num_iterations = 1 the importance ratio
     exp(logps - old_logps) is exactly 1 by construction, with no correction term.
     Consequence: when top-k / top-p truncate, the tokens are drawn from the truncated renormalised
     distribution, which is NOT the distribution whose log-probs we report and train on; the
@@ -217,30 +217,3 @@ def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prom
     return _sample_jit(config, params, prompt_tokens, prompt_mask, key, jnp.float32(temperature),
                        jnp.asarray(eos_ids, jnp.int32), max_new_tokens=int(max_new_tokens),
                        top_k=int(top_k), top_p=float(top_p), prompt_sharding=sharding)
-
-
-def completion_logits(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array,
-                      prompt_mask: jax.Array, completion_tokens: jax.Array) -> jax.Array:
-    """f32[N, T, V]: the logits that score each completion token i32[N, T], from one full forward.
-
-    The forward runs over concat(prompt, completion) with mask concat(prompt_mask, ones): the same
-    positions the sampler used. Completion positions after a row's first EOS are attended to but
-    never scored (the loss masks them), so all-ones keeps positions contiguous. Not jitted: it runs
-    inside the trainer's jitted step.
-    """
-    p = prompt_tokens.shape[1]
-    tokens = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)], axis=1)  # [N, P+T]
-    mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.ones(completion_tokens.shape, jnp.int32)],
-                           axis=1)
-    hidden = model_lib.hidden_states(config, params, tokens, attention_mask=mask)  # [N, P+T, D]
-    # Off-by-one: the output at index i predicts token i+1, so completion token t (index P+t) is
-    # predicted at index P+t-1; indices P-1 .. P+T-2 give all T completion tokens. Slice before the
-    # LM head so the V-wide matmul runs on T positions only.
-    return model_lib.lm_head(config, params, hidden[:, p - 1 : -1])  # [N, T, V]
-
-
-def completion_logps(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                     completion_tokens: jax.Array, *, temperature=1.0) -> jax.Array:
-    """Training-side log-probs of completion_tokens i32[N, T] given left-padded prompts -> f32[N, T]."""
-    logits = completion_logits(config, params, prompt_tokens, prompt_mask, completion_tokens)
-    return token_logps(logits, completion_tokens, temperature=temperature)

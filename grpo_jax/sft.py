@@ -8,7 +8,7 @@ included), 0 on its right padding; prompt tokens are never scored. The loss is a
 tokens of the whole batch (token-level, like "bnpo"): long targets weigh more than short ones.
 
 GRPO follows SFT on the same model, sharding and optimizer: the logits come from
-`train_step.completion_logits` (the one function that scores GRPO completions, so the off-by-one
+`scoring.completion_logits` (the one function that scores GRPO completions, so the off-by-one
 shift lives in one place), the state is `train_step.TrainState` from `train_step.init_state`, the
 optimizer `train_step.make_optimizer`, and the jitted step has explicit shardings and donates the
 state, as `train_step.jit_train_step` does.
@@ -31,6 +31,7 @@ from grpo_jax import losses
 from grpo_jax import model as model_lib
 from grpo_jax import sharding
 from grpo_jax import tokenizer as tokenizer_lib
+from grpo_jax import scoring
 from grpo_jax import train_step
 from grpo_jax.tasks import prompts as prompts_lib
 
@@ -88,7 +89,7 @@ def encode_sft_batch(tokenizer, prompts: list[str], targets: list[str], *, max_p
 
 def _token_nll(model_config, params, prompt_tokens, prompt_mask, target_tokens):
     """(-log p f32[N, T], logits f32[N, T, V]) of every target token, scored like GRPO completions."""
-    logits = train_step.completion_logits(model_config, params, prompt_tokens, prompt_mask, target_tokens)
+    logits = scoring.completion_logits(model_config, params, prompt_tokens, prompt_mask, target_tokens)
     return -losses.token_logps(logits, target_tokens, temperature=1.0), logits
 
 

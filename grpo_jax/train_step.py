@@ -40,7 +40,7 @@ import optax
 from grpo_jax import losses
 from grpo_jax import model as model_lib
 from grpo_jax import sharding
-from grpo_jax.sampling import completion_logits  # the one scoring function, shared with SFT
+from grpo_jax.scoring import completion_logits  # the one scoring function, shared with SFT
 
 
 class TrainState(NamedTuple):

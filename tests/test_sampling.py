@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax import model, sampling, sharding
+from grpo_jax import model, sampling, scoring, sharding
 from grpo_jax.losses import token_logps
 from grpo_jax.model import ModelConfig
 
@@ -73,7 +73,7 @@ def test_sampled_logps_equal_completion_logps(top_k, t):
     out = sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(3), max_new_tokens=t, eos_id=NO_EOS,
                           temperature=0.7, top_k=top_k)
     # Jitted as the train step would (completion_logps itself is not jitted).
-    train = jax.jit(sampling.completion_logps, static_argnums=0)(CFG, PARAMS, prompt, mask, out.tokens,
+    train = jax.jit(scoring.completion_logps, static_argnums=0)(CFG, PARAMS, prompt, mask, out.tokens,
                                                                  temperature=0.7)
     assert train.shape == (N, t)
     # Even under top-k truncation, the logps are those of the untruncated tempered distribution.

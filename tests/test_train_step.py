@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from grpo_jax import model as model_lib
-from grpo_jax import sharding
+from grpo_jax import scoring, sharding
 from grpo_jax import train_step as ts
 
 CFG = model_lib.ModelConfig(vocab_size=48, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -112,7 +112,7 @@ def test_update_raises_logps_of_positive_advantage_rows():
     params = sharding.init_params_sharded(CFG, jax.random.key(0), mesh)
 
     def logps(p):
-        logits = ts.completion_logits(CFG, p, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens)
+        logits = scoring.completion_logits(CFG, p, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens)
         from grpo_jax.losses import token_logps
         lp = token_logps(logits, batch.completion_tokens)
         return np.asarray((lp * batch.completion_mask).sum(1))
@@ -158,7 +158,7 @@ def _manual_updates(params, batch, opt, *, K, beta=0.04, ref=None, epsilon=0.2, 
     from grpo_jax.losses import grpo_loss, token_logps
 
     def logps_of(p, b):
-        logits = ts.completion_logits(CFG, p, b.prompt_tokens, b.prompt_mask, b.completion_tokens)
+        logits = scoring.completion_logits(CFG, p, b.prompt_tokens, b.prompt_mask, b.completion_tokens)
         return token_logps(logits, b.completion_tokens)
 
     old = logps_of(params, batch)
