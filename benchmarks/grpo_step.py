@@ -46,7 +46,7 @@ from grpo_jax import advantages as adv_lib
 from grpo_jax import sampling, scoring, sharding, weights
 from grpo_jax import tokenizer as tok_lib
 from grpo_jax import train_step as ts
-from grpo_jax.train import make_put
+from grpo_jax.build import make_put
 
 
 def prompt_texts(rng: np.random.Generator, n: int) -> list[str]:

@@ -36,6 +36,6 @@ def get_config() -> Config:
     c.grpo.dynamic_sampling_max_rounds = 10
     c.sampling.max_prompt_length = 2048
     c.sampling.max_new_tokens = 20480
-    c.rewards.overlong = 1.0
+    c.rewards.weights["overlong"] = 1.0
     c.rewards.overlong_cache = 4096
     return c

@@ -20,7 +20,7 @@ def get_config() -> Config:
     c.task.name = "gsm8k"
     c.task.chat_template = True
     c.task.eval_size = 500
-    c.rewards.format = 0.1
+    c.rewards.weights["format"] = 0.1
     c.sampling.max_prompt_length = 320
     c.sampling.max_new_tokens = 512
     c.optim.learning_rate = 1e-6

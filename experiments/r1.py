@@ -31,5 +31,5 @@ def get_config() -> Config:
     c.train.prompts_per_step = 32
     c.train.steps_per_generation = 16
     c.task.prompt_style = "think"
-    c.rewards.format = 1.0
+    c.rewards.weights["format"] = 1.0
     return c

@@ -35,7 +35,7 @@ def get_config() -> Config:
     c.model.path = _smollm2_gguf()
     c.task.chat_template = True
     c.task.eval_size = 128
-    c.rewards.format = 0.1
+    c.rewards.weights["format"] = 0.1
     c.sampling.max_prompt_length = 96
     c.sampling.max_new_tokens = 64
     c.optim.learning_rate = 2e-6

@@ -28,11 +28,11 @@ import numpy as np
 
 from grpo_jax import checkpoint as ckpt_lib
 from grpo_jax import config as cfg_lib
-from grpo_jax import sweep, train
+from grpo_jax import build, sft, sweep
 
 
 class Start(NamedTuple):
-    setup: train.Setup  # config, mesh, tokenizer, model_config, task (setup.params: the random init)
+    setup: build.Setup  # config, mesh, tokenizer, model_config, task (setup.params: the random init)
     params: Any  # the warm-started policy: plain single-device arrays
     reward_fn: Callable  # the arithmetic verifier in JAX: (tokens, mask, answers, answer_mask) -> f32[N]
     eos_id: int
@@ -58,7 +58,7 @@ def warm_start(config: cfg_lib.Config, workdir: str | pathlib.Path, *,
         raise cfg_lib.ConfigError(f"config key `task.name` = {config.task.name!r}: the ablation sweeps "
                                   "need a verifier in JAX, which exists for 'arithmetic' only")
     workdir = pathlib.Path(workdir)
-    s = train.setup_from_config(config, workdir)
+    s = build.setup(config, workdir)
     directory = workdir / "sft" / sft_key(config)
     with ckpt_lib.Checkpointer(directory, max_to_keep=1) as ckpt:
         if ckpt.latest_step() is not None:
@@ -75,7 +75,7 @@ def warm_start(config: cfg_lib.Config, workdir: str | pathlib.Path, *,
                     seen["accuracy"] = metrics["sft_validation_accuracy"]
                     log(f"SFT step {step}: validation accuracy {metrics['sft_validation_accuracy']:.3f}")
 
-            params = train.warm_start(s, record)
+            params = sft.warm_start(s, record)
             steps, accuracy, restored = seen["step"], seen["accuracy"], False
             ckpt.save(steps, params, {"sft_steps": steps, "validation_accuracy": accuracy,
                                       "sft_key": sft_key(config)}, force=True)
@@ -83,6 +83,42 @@ def warm_start(config: cfg_lib.Config, workdir: str | pathlib.Path, *,
     tables = sweep.verifier_tables(s.tokenizer, s.model_config.vocab_size)
     return Start(s, jax.device_get(params), lambda *a: sweep.arithmetic_reward_jax(*a, tables=tables),
                  s.tokenizer.eos_token_id, steps, accuracy, restored)
+
+
+class Notebook(NamedTuple):
+    config: cfg_lib.Config  # the quick start's config (shrunk when small)
+    start: Start  # its SFT warm start, shared by every notebook
+    small: bool  # GRPO_JAX_NOTEBOOK_SMALL=1: a tiny model and a few steps (CI), no learning visible
+    workdir: pathlib.Path  # where the shared warm start lives
+
+
+def notebook_setup(*, log: Callable[[str], None] = print) -> Notebook:
+    """The set-up every ablation notebook starts with, in one call (no sys.path edits):
+    matplotlib on its file backend, the quick start's config (`experiments/quickstart.py` of this
+    checkout) and its shared SFT warm start (`warm_start`), under runs/notebooks of the checkout.
+
+    Environment: GRPO_JAX_NOTEBOOK_SMALL=1 shrinks the model and SFT to a smoke test (CI);
+    GRPO_JAX_NOTEBOOK_WORKDIR moves the shared warm start elsewhere.
+    """
+    import warnings
+
+    import matplotlib
+    matplotlib.use("Agg")
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in a plain kernel
+    root = pathlib.Path(__file__).resolve().parents[1]
+    experiment = root / "experiments" / "quickstart.py"
+    if not experiment.is_file():
+        raise FileNotFoundError(f"{experiment}: the notebooks run from a checkout of grpo_jax "
+                                f"(pip install -e .), whose experiments/ they read")
+    small = os.environ.get("GRPO_JAX_NOTEBOOK_SMALL") == "1"
+    workdir = pathlib.Path(os.environ.get("GRPO_JAX_NOTEBOOK_WORKDIR")
+                           or root / "runs" / ("notebooks_small" if small else "notebooks"))
+    config = cfg_lib.load_config(experiment)
+    if small:
+        m = config.model
+        m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim, m.intermediate_size = 32, 2, 2, 1, 16, 64
+        config.sft.steps = 3
+    return Notebook(config, warm_start(config, workdir, log=log), small, workdir)
 
 
 def prompt_batches(start: Start, batch_size: int) -> Callable[[int], sweep.Prompts]:

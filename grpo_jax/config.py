@@ -22,18 +22,20 @@ import types
 import typing
 from typing import Any, Sequence
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
-SCALE_REWARDS = ("group", "batch", "none")
-IMPORTANCE_LEVELS = ("token", "sequence")
-TASKS = ("arithmetic", "countdown", "gsm8k", "math500", "svamp")
-PROMPT_STYLES = ("reasoning", "think", "plain")
-WORKINGS = ("equation", "columns")  # arithmetic's SFT working (grpo_jax.tasks.arithmetic.WORKINGS)
-DTYPES = ("float32", "bfloat16")
+from grpo_jax import ConfigError  # noqa: F401  (raised here; re-exported as config.ConfigError)
+# Each set of allowed values lives once, in the module that implements it.
+from grpo_jax.advantages import SCALES as SCALE_REWARDS
+from grpo_jax.losses import IMPORTANCE_LEVELS, LOSS_TYPES
+from grpo_jax.model import DTYPES
+from grpo_jax.rewards import BUILTIN_REWARDS
+from grpo_jax.rewards import STYLES as PROMPT_STYLES
+from grpo_jax.tasks import BUILTIN_TASKS, SOURCES
+from grpo_jax.tasks.arithmetic import WORKINGS
+from grpo_jax.tasks.records import ANSWER_FORMATS
+
 SCHEDULES = ("constant", "cosine")
 
 
-class ConfigError(ValueError):
-    """A config key has a wrong name, type or value. The message names the key."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,9 +71,22 @@ class ModelSection:
 
 @dataclasses.dataclass(slots=True)
 class TaskSection:
+    # A built-in task (grpo_jax.tasks.BUILTIN_TASKS), or your own as "package.module:function", a
+    # function config -> grpo_jax.tasks.Task (build it with grpo_jax.tasks.records_task).
     name: str = "arithmetic"
-    # File or directory of the dataset (gsm8k / math500 / svamp). Not needed for synthetic tasks.
+    # File or directory of the dataset (gsm8k / math500 / svamp / records); with source "tfds", the
+    # TFDS data_dir. Not needed for synthetic tasks.
     data_path: str = ""
+    # "files": read data_path directly; "tfds": a prepared TensorFlow Datasets dataset
+    # (grpo_jax.tasks.tfds; tfds_name names it) read with tfds.data_source, no TensorFlow needed.
+    source: str = "files"
+    tfds_name: str = "grpo_jax_gsm8k"
+    # The generic reader (task.name="records"): JSONL / JSON / parquet / HF `datasets` on disk, with
+    # these fields holding the problem and the gold answer; answer_format says how to read the gold
+    # ("auto": GSM8K's "#### N", else a \boxed{}, else the raw value).
+    question_key: str = "question"
+    answer_key: str = "answer"
+    answer_format: str = "auto"
     # Training problems from another dataset than the eval set. math500 needs it: MATH-500 is an
     # eval set, so training reads the MATH release here (its problems not in MATH-500, PRM800K's
     # split). Empty for the other tasks: their own train split.
@@ -93,12 +108,12 @@ class TaskSection:
 
 @dataclasses.dataclass(slots=True)
 class RewardSection:
-    # Weights of the verifiers combined into the scalar reward (0 switches one off).
-    correctness: float = 1.0
-    format: float = 0.0
-    # DAPO soft overlong punishment: weight, and the length of the linear ramp before the limit.
-    overlong: float = 0.0
-    overlong_cache: int = 16
+    # {name: weight} of the verifiers summed into the scalar reward: built-ins
+    # (grpo_jax.rewards.BUILTIN_REWARDS: correctness, format, overlong = DAPO's soft punishment) or
+    # your own as "package.module:function", a function (completion: str, example) -> float.
+    # On the command line: --config.rewards.weights.format=0.1 or --config.rewards.weights='{"format": 0.1}'.
+    weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"correctness": 1.0})
+    overlong_cache: int = 16  # DAPO: length of the linear ramp before sampling.max_new_tokens
     timeout_seconds: float = 1.0
 
 
@@ -208,13 +223,19 @@ def _is_optional(tp: Any) -> bool:
     return isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp)
 
 
+def _is_mapping(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict
+
+
 def _base_type(tp: Any) -> type:
     if _is_optional(tp):
         (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
-    return tp
+    return dict if _is_mapping(tp) else tp
 
 
 def _type_name(tp: Any) -> str:
+    if _is_mapping(tp):
+        return "a mapping of names to numbers"
     return f"{_base_type(tp).__name__} or None" if _is_optional(tp) else _base_type(tp).__name__
 
 
@@ -222,6 +243,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Checks `value` against the field type; ints are accepted where floats are expected."""
     if value is None and _is_optional(tp):
         return None
+    if _is_mapping(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key `{key}` must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        out = {}
+        for name, item in value.items():
+            if not isinstance(name, str) or isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise ConfigError(f"config key `{key}.{name}` must be a number, got {item!r}")
+            out[name] = float(item)
+        return out
     base = _base_type(tp)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -238,6 +268,12 @@ def _parse(key: str, text: str, tp: Any) -> Any:
     base = _base_type(tp)
     if _is_optional(tp) and text.lower() in ("none", "null"):
         return None
+    if _is_mapping(tp):
+        try:
+            return _coerce(key, json.loads(text), tp)
+        except json.JSONDecodeError:
+            raise ConfigError(f"config key `{key}` must be a JSON object such as "
+                              f"'{{\"correctness\": 1.0}}', cannot parse {text!r}") from None
     try:
         if base is bool:
             if text.lower() in ("true", "1", "yes"):
@@ -276,12 +312,19 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, text = item.split("=", 1)
-        parts = key.split(".")
-        if len(parts) != 2:
+        parts = key.split(".", 2)
+        if len(parts) < 2:
             raise ConfigError(f"unknown config key `{key}`: keys look like section.key (e.g. grpo.beta)")
         section = _section(config, key, parts[0])
-        tp = _field(section, key, parts[1])
-        setattr(section, parts[1], _parse(key, text, tp))
+        tp = _field(section, ".".join(parts[:2]), parts[1])
+        if len(parts) == 3:  # section.mapping.name=value: one entry of a mapping field
+            if not _is_mapping(tp):
+                raise ConfigError(f"unknown config key `{key}`: `{parts[0]}.{parts[1]}` is not a mapping")
+            value = _parse(key, text, float)
+            getattr(section, parts[1])[parts[2]] = value
+            _coerce(".".join(parts[:2]), getattr(section, parts[1]), tp)
+        else:
+            setattr(section, parts[1], _parse(key, text, tp))
     return config
 
 
@@ -333,6 +376,12 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"config key `{key}` = {value!r} is invalid: must be {allowed}")
 
 
+def _is_import_path(name: str) -> bool:
+    """"package.module:function" (checked for shape here; imported when the run is built)."""
+    module, _, function = name.partition(":")
+    return bool(module) and function.isidentifier() and all(p.isidentifier() for p in module.split("."))
+
+
 def mesh_shape(config: Config, num_devices: int) -> tuple[int, int]:
     """(data, fsdp) with -1 resolved against the device count. A mesh may use fewer devices than
     there are (the first data * fsdp of them), never more."""
@@ -367,9 +416,12 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, ">= 0 (0 = the tokenizer's size)")
     _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", m.num_kv_heads,
            f"a divisor of model.num_heads ({m.num_heads})")
-    _check(t.name in TASKS, "task.name", t.name, f"one of {TASKS}")
+    _check(t.name in BUILTIN_TASKS or _is_import_path(t.name), "task.name", t.name,
+           f"one of {tuple(BUILTIN_TASKS)} or an import path 'package.module:function'")
+    _check(t.source in SOURCES, "task.source", t.source, f"one of {SOURCES}")
+    _check(t.answer_format in ANSWER_FORMATS, "task.answer_format", t.answer_format, f"one of {ANSWER_FORMATS}")
     _check(t.prompt_style in PROMPT_STYLES, "task.prompt_style", t.prompt_style, f"one of {PROMPT_STYLES}")
-    _check(t.name not in ("gsm8k", "math500", "svamp") or bool(t.data_path), "task.data_path",
+    _check(t.name not in ("gsm8k", "math500", "svamp", "records") or bool(t.data_path), "task.data_path",
            t.data_path, f"the dataset's file or directory for task {t.name!r}")
     _check(t.name != "math500" or bool(t.train_data_path), "task.train_data_path", t.train_data_path,
            "the MATH release's file or directory (test.jsonl) for task 'math500': MATH-500 is the "
@@ -377,11 +429,15 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(t.num_digits >= 1, "task.num_digits", t.num_digits, ">= 1")
     _check(t.working in WORKINGS, "task.working", t.working, f"one of {WORKINGS}")
     _check(t.eval_size >= 0, "task.eval_size", t.eval_size, ">= 0")
-    for key in ("correctness", "format", "overlong"):
-        _check(getattr(r, key) >= 0, f"rewards.{key}", getattr(r, key), ">= 0")
-    _check(r.correctness + r.format > 0, "rewards.correctness", r.correctness,
-           "> 0, or rewards.format > 0: with no verifier weighted every reward is 0 and GRPO learns nothing")
-    _check(r.overlong == 0 or 0 <= r.overlong_cache <= s.max_new_tokens, "rewards.overlong_cache",
+    for name, weight in r.weights.items():
+        _check(name in BUILTIN_REWARDS or _is_import_path(name), f"rewards.weights.{name}", weight,
+               f"a weight for one of {BUILTIN_REWARDS} or an import path 'package.module:function'")
+        _check(weight >= 0, f"rewards.weights.{name}", weight, ">= 0")
+    _check(any(w > 0 for n, w in r.weights.items() if n != "overlong"), "rewards.weights", r.weights,
+           "a positive weight on at least one verifier: with none every reward is 0 (or a function of "
+           "length alone) and GRPO learns nothing")
+    overlong = r.weights.get("overlong", 0.0)
+    _check(overlong == 0 or 0 <= r.overlong_cache <= s.max_new_tokens, "rewards.overlong_cache",
            r.overlong_cache, f"in [0, sampling.max_new_tokens = {s.max_new_tokens}] when rewards.overlong > 0 "
            f"(the soft-punishment window lies inside the generation limit)")
     _check(r.timeout_seconds > 0, "rewards.timeout_seconds", r.timeout_seconds, "> 0")
@@ -455,6 +511,60 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     return config
 
 
+# Allowed values of the keys that take one of a fixed set (for --help; validate checks the same sets).
+CHOICES = {
+    "model.dtype": DTYPES, "model.param_dtype": DTYPES,
+    "task.name": tuple(BUILTIN_TASKS) + ("package.module:function",),
+    "task.source": SOURCES, "task.prompt_style": PROMPT_STYLES, "task.working": WORKINGS,
+    "task.answer_format": ANSWER_FORMATS,
+    "rewards.weights": BUILTIN_REWARDS + ("package.module:function",),
+    "grpo.loss_type": LOSS_TYPES, "grpo.scale_rewards": SCALE_REWARDS,
+    "grpo.importance_level": IMPORTANCE_LEVELS, "optim.schedule": SCHEDULES,
+}
+
+
+def _field_docs(section_type: type) -> dict[str, str]:
+    """Each field's comment in this file (the lines above it and the one beside it), for --help."""
+    import inspect
+    docs, pending = {}, []
+    for line in inspect.getsource(section_type).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))
+        elif ":" in text and not text.startswith(("def ", "@", '"""')):
+            name = text.split(":", 1)[0].strip()
+            beside = text.split("  # ", 1)[1] if "  # " in text else ""
+            docs[name] = " ".join(pending + [beside]).strip()
+            pending = []
+        else:
+            pending = []
+    return docs
+
+
+def help_text(config: Config | None = None) -> str:
+    """Every config key with its type, default (or `config`'s value) and allowed values."""
+    config = Config() if config is None else config
+    lines = ["Config keys (override any with --config.section.key=value; a mapping's entries with",
+             "--config.section.key.name=value):", ""]
+    for section in dataclasses.fields(config):
+        sec = getattr(config, section.name)
+        lines.append(f"[{section.name}]")
+        docs = _field_docs(type(sec))
+        for name, tp in _field_types(sec).items():
+            key = f"{section.name}.{name}"
+            value = getattr(sec, name)
+            allowed = f"  one of: {', '.join(map(str, CHOICES[key]))}" if key in CHOICES else ""
+            lines.append(f"  {key} = {json.dumps(value)}  ({_type_name(tp)}){allowed}")
+            if docs.get(name):
+                lines.append(f"      {docs[name]}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+USAGE = ("usage: python -m grpo_jax.train --config experiments/NAME.py --workdir runs/NAME "
+         "[--config.section.key=value ...] [--help]")
+
+
 def parse_command_line(argv: Sequence[str]) -> tuple[Config, str]:
     """`--config PATH --workdir DIR [--config.a.b=v ...]` -> (validated Config, workdir)."""
     path = workdir = None
@@ -481,5 +591,5 @@ def parse_command_line(argv: Sequence[str]) -> tuple[Config, str]:
             raise ConfigError(f"unknown argument {arg!r}: expected --config PATH --workdir DIR "
                               f"[--config.section.key=value ...]")
     if path is None or workdir is None:
-        raise ConfigError("usage: --config experiments/NAME.py --workdir runs/NAME [--config.section.key=value ...]")
+        raise ConfigError(USAGE)
     return load_config(path, overrides), workdir

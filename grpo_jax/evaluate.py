@@ -17,6 +17,8 @@ import sys
 import jax
 import numpy as np
 
+from grpo_jax import build
+from grpo_jax import config as cfg_lib
 from grpo_jax import rewards as rewards_lib
 from grpo_jax import sampling
 from grpo_jax import tokenizer as tok_lib
@@ -99,10 +101,9 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
 
 
 def main(argv=None) -> int:
-    from grpo_jax import train  # the program's set-up (model, task, mesh) is shared with training
-
     argv = sys.argv[1:] if argv is None else argv
-    setup = train.setup(argv, for_eval=True)
+    config, workdir = cfg_lib.parse_command_line(argv)
+    setup = build.setup(config, workdir, for_eval=True)
     metrics = evaluate(setup.model_config, setup.params, setup.tokenizer, setup.task,
                        key=jax.random.key(setup.config.train.seed + 1),
                        batch_size=setup.config.train.eval_batch_size,
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
                        max_new_tokens=setup.config.sampling.max_new_tokens, put=setup.put,
                        pass_k=setup.config.train.pass_k, temperature=setup.config.sampling.temperature,
                        chat=setup.config.task.chat_template, system=setup.config.task.system_prompt,
-                       eos_ids=tok_lib.eos_token_ids(setup.tokenizer, setup.config.model.path or None))
+                       eos_ids=setup.eos_ids)
     print("RESULT step=%d " % setup.step + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in metrics.items()))
     return 0

@@ -1,4 +1,4 @@
-"""metrics.jsonl, TensorBoard events and a progress bar for one run's workdir.
+"""metrics.jsonl, TensorBoard events and a progress bar / log lines for one run's workdir.
 
 `workdir/metrics.jsonl` holds one JSON object per line, of two kinds:
   scalar rows   {"step": 12, "reward_mean": 0.41, "loss": ..., ...}      (`MetricsWriter.write`)
@@ -16,13 +16,21 @@ a truncated last line (crash mid-write) is dropped when the file is next opened 
 from the checkpoint at step k (`resume_step=k`) drops the rows a crashed run wrote after step k,
 by rewriting the file to a temporary and `os.replace`-ing it, so a resumed run's metrics.jsonl is
 row for row what a straight run writes. TensorBoard is told the same through `purge_step`.
+
+Progress on stderr: on a terminal a tqdm bar; otherwise (`make train > log 2>&1`, a batch job) one
+plain line per written row, e.g.
+  step 25/600 | reward 0.612 | acc 0.721 | kl 0.013 | clip 0.002 | len 21.4 | 0.97 s/step | eta 9m18s
+  sft step 20 | loss 1.23 | tok acc 0.812          sft step 40 | val acc 0.75
+Absent keys are left out (`acc` only on eval rows); a row with none of them prints nothing.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import pathlib
+import statistics
 import sys
 from typing import Any
 
@@ -141,23 +149,67 @@ def _repair(path: pathlib.Path, resume_step: int | None) -> None:
     _fsync_dir(path.parent)
 
 
+def _num(v) -> str:
+    """3 significant digits, compactly: 0.612, 0.013, 21.4, 1e-05; >= 1000 as a whole number."""
+    if isinstance(v, int):
+        return str(v)
+    if not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    """20s, 9m34s, 1h02m, 2d03h (rounded to the second, then truncated to two units)."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# (row key, label) in line order; a key that is absent (or not a number) is left out.
+_GRPO_FIELDS = (("reward_mean", "reward"), ("eval_accuracy", "acc"), ("kl", "kl"),
+                ("clip_fraction", "clip"), ("completion_length", "len"))
+_SFT_FIELDS = (("sft_loss", "loss"), ("sft_token_accuracy", "tok acc"), ("sft_validation_accuracy", "val acc"))
+_RECENT_ROWS = 5  # s/step is the (low) median step_seconds of the last 5 rows that have one
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 class MetricsWriter:
-    """Appends scalar rows / text samples to workdir/metrics.jsonl, TensorBoard and a tqdm bar.
+    """Appends scalar rows / text samples to workdir/metrics.jsonl, TensorBoard and stderr progress.
 
     `resume_step=k`: the run resumes from the checkpoint at step k; rows with step > k are removed
     first (a run starting over from scratch in a used workdir passes 0). `resume_step=None`
-    appends to whatever is there. `progress`: None shows the bar only when stderr is a terminal.
+    appends to whatever is there.
+    `progress`: how progress shows on stderr. None (default): a tqdm bar when stderr is a terminal,
+    else plain lines; "bar" (or True): the bar; "lines": one plain line per `write` (module
+    docstring); False: neither. `progress_total` (the run's steps) gives "step k/total" and the ETA:
+    (total - step) x the low median (`statistics.median_low`) of `step_seconds` over the last 5
+    rows that have it: one slow row (a step that compiled) moves neither; eval and checkpoint time
+    are not in step_seconds, so not in the ETA.
     `is_primary`: only one process of a multi-process run writes (default: jax.process_index() == 0);
     the others get a writer that does nothing.
     """
 
     def __init__(self, workdir, *, tensorboard: bool = True, progress_total: int | None = None,
-                 resume_step: int | None = None, progress: bool | None = None,
+                 resume_step: int | None = None, progress: bool | str | None = None,
                  is_primary: bool | None = None):
+        if progress not in (None, True, False, "bar", "lines"):
+            raise ValueError(f"MetricsWriter: progress must be None, True, False, 'bar' or 'lines', "
+                             f"got {progress!r}")
         self.workdir = pathlib.Path(workdir)
         self.path = self.workdir / METRICS_FILE
         self.is_primary = jax.process_index() == 0 if is_primary is None else bool(is_primary)
         self._file = self._tb = self._bar = None
+        self._lines = False
+        self._total = progress_total
+        self._recent_seconds = collections.deque(maxlen=_RECENT_ROWS)
         if not self.is_primary:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -170,8 +222,10 @@ class MetricsWriter:
             purge = None if resume_step is None else resume_step + 1
             self._tb = SummaryWriter(logdir=str(self.workdir / TB_DIR), purge_step=purge)
         if progress is None:
-            progress = sys.stderr.isatty()
-        if progress:
+            # A bar only where a person watches both streams; `make train > log` gets plain lines.
+            progress = "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines"
+        self._lines = progress == "lines"
+        if progress is True or progress == "bar":
             from tqdm import tqdm
 
             self._bar = tqdm(total=progress_total, initial=resume_step or 0, unit="step", dynamic_ncols=True)
@@ -205,7 +259,38 @@ class MetricsWriter:
             shown = {k: f"{values[k]:.4g}" for k in ("reward_mean", "kl") if isinstance(values.get(k), (int, float))}
             self._bar.set_postfix(shown, refresh=False)
             self._bar.update(max(0, step - self._bar.n))
+        if self._lines:
+            line = self._line(step, values)
+            if line:
+                print(line, file=sys.stdout, flush=True)  # the log: `make train > log` keeps it
         return row
+
+    def _line(self, step: int, values: dict) -> str | None:
+        """The plain progress line for one row (module docstring), or None when it shows nothing."""
+        if any(k.startswith("sft_") for k in values):  # the SFT warm start logs at GRPO step 0
+            parts = [f"{label} {_num(values[k])}" for k, label in _SFT_FIELDS if _is_number(values.get(k))]
+            if not parts:
+                return None
+            head = f"sft step {values['sft_step']}" if _is_number(values.get("sft_step")) else "sft"
+            return " | ".join([head, *parts])
+        parts = []
+        for k, label in _GRPO_FIELDS:
+            if _is_number(values.get(k)):
+                parts.append(f"{label} {_num(values[k])}")
+            if k == "eval_accuracy":  # then pass@k / maj@k of the same eval, when configured
+                parts += [f"{name[len('eval_'):]} {_num(v)}" for prefix in ("eval_pass@", "eval_maj@")
+                          for name, v in values.items() if name.startswith(prefix) and _is_number(v)]
+        seconds = values.get("step_seconds")
+        if _is_number(seconds) and math.isfinite(seconds):
+            self._recent_seconds.append(float(seconds))
+            per_step = statistics.median_low(self._recent_seconds)  # an observed value, even of 2
+            parts.append(f"{_num(per_step)} s/step")
+            if self._total is not None:
+                parts.append(f"eta {_duration(max(0, self._total - step) * per_step)}")
+        if not parts:
+            return None
+        head = f"step {step}/{self._total}" if self._total is not None else f"step {step}"
+        return " | ".join([head, *parts])
 
     def write_text(self, step: int, name: str, text: str) -> None:
         """Logs a completion sample as `{"step": step, "sample": name, "text": text}` (+ TB text)."""

@@ -75,6 +75,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+DTYPES = ("float32", "bfloat16")  # the dtypes params and compute may take
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -104,8 +106,8 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         for field in ("dtype", "param_dtype"):
             value = getattr(self, field)
-            if value not in ("float32", "bfloat16"):
-                raise ValueError(f"{field}={value!r}: expected 'float32' or 'bfloat16'")
+            if value not in DTYPES:
+                raise ValueError(f"{field}={value!r}: expected one of {DTYPES}")
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:

@@ -39,7 +39,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-STYLES = ("reasoning", "think", "plain")
+from grpo_jax import ConfigError, import_path
+
+STYLES = ("reasoning", "think", "plain")  # answer styles: <reasoning>/<answer>, R1's <think>, \boxed{}
+# Verifiers by name (config rewards.weights); users add theirs as "package.module:function".
+BUILTIN_REWARDS = ("correctness", "format", "overlong")
 # A final answer longer than this is not an answer (it is spraying); bounds all per-answer work.
 MAX_ANSWER_CHARS = 1000
 # Longest string `normalize_number` accepts; bounds the regex and rejects "9" * 100000.
@@ -594,3 +598,29 @@ def combine(
         "verifier_max_seconds": max_seconds,
     }
     return rewards, components, stats
+
+
+def from_config(config, task) -> dict[str, Callable[[str, Any], float]]:
+    """name -> verifier `(completion, example) -> float` for every positively weighted name of
+    `rewards.weights` but "overlong" (a function of token lengths: `overlong_penalty`, computed where
+    the lengths are). Built-ins: "correctness" is the task's own check (`task.correct`), "format"
+    `format_reward` in the task's style; any other name is imported as "package.module:function"."""
+    verifiers = {}
+    for name, weight in config.rewards.weights.items():
+        if weight == 0 or name == "overlong":
+            continue
+        if name == "correctness":
+            verifiers[name] = task.correct
+        elif name == "format":
+            verifiers[name] = lambda completion, example, style=task.style: format_reward(completion, style=style)
+        else:
+            fn = import_path(name, f"rewards.weights.{name}")
+            if not callable(fn):
+                raise ConfigError(f"config key `rewards.weights.{name}`: {name!r} is not a function")
+            verifiers[name] = fn
+    return verifiers
+
+
+def metric_name(name: str) -> str:
+    """The metrics key of a reward component: "reward_" + its name ("pkg.mod:fn" -> "reward_fn")."""
+    return "reward_" + name.rsplit(":", 1)[-1]

@@ -20,6 +20,7 @@ Data: `run_sft` reads `example_fn(index)` (a pure function of the index, e.g.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from grpo_jax import evaluate as evaluate_lib
 from grpo_jax import losses
 from grpo_jax import model as model_lib
 from grpo_jax import sharding
@@ -247,3 +249,35 @@ def sft_eval_loss(model_config: model_lib.ModelConfig, params, tokenizer, exampl
             jax.block_until_ready(count)
     total_nll, total_tokens = jax.device_get((total_nll, total_tokens))
     return float(np.sum(total_nll, dtype=np.float64) / np.sum(total_tokens, dtype=np.float64))
+
+
+def warm_start(s, log):
+    """The SFT warm-start stage of a run (a `build.Setup`) on `s.params`: `sft.steps` steps, or fewer when held-out validation
+    accuracy (checked every `sft.eval_every` steps) reaches `sft.stop_accuracy`. Returns the params;
+    `log(step, metrics)` gets the SFT metrics and validation accuracies."""
+    c = s.config
+
+    def stop(step, params):
+        if not c.sft.stop_accuracy or not s.task.validation_examples:
+            return False
+        accuracy = evaluate_lib.evaluate(
+            s.model_config, params, s.tokenizer, s.task._replace(eval_examples=s.task.validation_examples),
+            key=jax.random.key(0), batch_size=c.train.eval_batch_size,
+            max_prompt_length=c.sampling.max_prompt_length, max_new_tokens=c.sampling.max_new_tokens,
+            put=s.put, chat=c.task.chat_template, system=c.task.system_prompt,
+            eos_ids=s.eos_ids)["eval_accuracy"]
+        log(step, {"sft_validation_accuracy": accuracy})
+        if accuracy >= c.sft.stop_accuracy:
+            print(f"SFT stopped at step {step}: validation accuracy {accuracy:.3f} >= "
+                  f"sft.stop_accuracy={c.sft.stop_accuracy}", file=sys.stderr)
+            return True
+        return False
+
+    return run_sft(
+        s.model_config, s.params, s.tokenizer, s.task.train_example, steps=c.sft.steps,
+        batch_size=c.sft.batch_size, learning_rate=c.sft.learning_rate, warmup_steps=c.sft.warmup_steps,
+        seed=c.train.seed, mesh=s.mesh, style=s.task.style, max_prompt_length=c.sampling.max_prompt_length,
+        max_target_length=c.sampling.max_new_tokens, chat=c.task.chat_template,
+        system=c.task.system_prompt or None, log_every=max(1, c.sft.steps // 10), log_fn=log,
+        prompt_fn=s.task.prompt, max_grad_norm=c.optim.max_grad_norm, stop_fn=stop,
+        stop_every=c.sft.eval_every)

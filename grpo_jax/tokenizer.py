@@ -19,13 +19,18 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import string
 
 import numpy as np
 import tokenizers
 import transformers
 
+from grpo_jax import ConfigError
+
 # The answer-format tags of the synthetic tasks: one token each keeps sequences short on CPU.
 FORMAT_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
+# The built-in character tokenizer's alphabet: every character the synthetic tasks' prompts use.
+CHAR_ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n"
 
 
 def load_tokenizer(path: str | os.PathLike) -> transformers.PreTrainedTokenizerBase:
@@ -251,3 +256,16 @@ def decode_completions(
         ids = ids[: next((i for i, t in enumerate(ids) if t in stops), len(ids))]
         texts.append(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
     return texts
+
+
+def from_config(config) -> transformers.PreTrainedTokenizerBase:
+    """The run's tokenizer: `model.tokenizer`, else the model path's own, else (a random-init model)
+    the built-in character tokenizer over `CHAR_ALPHABET`."""
+    m = config.model
+    path = m.tokenizer or m.path
+    if not path:
+        return char_tokenizer(CHAR_ALPHABET)
+    if not pathlib.Path(path).exists():
+        key = "model.tokenizer" if m.tokenizer else "model.path"
+        raise ConfigError(f"config key `{key}`: {path!r} does not exist")
+    return load_tokenizer(path)

@@ -35,6 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grpo_jax import ConfigError
+from grpo_jax import model as model_lib
+from grpo_jax import sharding
 from grpo_jax.model import ModelConfig, init_params
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
@@ -83,7 +86,7 @@ def _abstract_params(config: ModelConfig):
 
 def _dtype_name(dtype) -> str:
     name = "float32" if dtype is None else jnp.dtype(dtype).name
-    if name not in ("float32", "bfloat16"):
+    if name not in model_lib.DTYPES:
         raise ValueError(f"dtype {name!r} is not supported: use jnp.float32 or jnp.bfloat16")
     return name
 
@@ -406,3 +409,28 @@ def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.flo
         return arr.T if _hf_name(keypath)[1] else arr
 
     return config, _build(config, mesh, read)
+
+
+def from_config(config, tokenizer, mesh) -> tuple[ModelConfig, dict]:
+    """The run's model: `model.path` (a HF directory or a .gguf) loaded sharded on `mesh`, or, with
+    no path, a seeded random init of the architecture in the `model` section (vocabulary: the
+    tokenizer's size unless `model.vocab_size` says more). Weights in `model.param_dtype`, compute
+    in `model.dtype`."""
+    m = config.model
+    if m.path:
+        path = pathlib.Path(m.path)
+        if not path.exists():
+            raise ConfigError(f"config key `model.path`: {m.path!r} does not exist")
+        dtypes = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh)
+        return load_gguf(path, **dtypes) if path.suffix == ".gguf" else load_hf(path, **dtypes)
+    vocab = m.vocab_size or len(tokenizer)
+    if vocab < len(tokenizer):
+        raise ConfigError(f"config key `model.vocab_size` = {vocab} is smaller than the tokenizer's "
+                          f"{len(tokenizer)} tokens")
+    mc = ModelConfig(
+        vocab_size=vocab, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, intermediate_size=m.intermediate_size,
+        rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_eps, tie_embeddings=m.tie_embeddings,
+        attention_bias=m.attention_bias, max_position_embeddings=m.max_position_embeddings, dtype=m.dtype,
+        param_dtype=m.param_dtype)
+    return mc, sharding.init_params_sharded(mc, jax.random.key(config.train.seed), mesh)

@@ -55,7 +55,7 @@ def test_bad_overrides_name_the_key(override, match):
     ("task.working=digits", r"`task.working` = 'digits' .*'equation', 'columns'"),
     # Configs that would silently learn nothing, or die mid-run, are refused up front.
     ("sampling.temperature=0", r"`sampling.temperature` = 0.0 .*every advantage is 0"),
-    ("rewards.correctness=0", r"`rewards.correctness` = 0.0 .*learns nothing"),
+    ("rewards.weights.correctness=0", r"`rewards.weights` = .*learns nothing"),
     ("model.param_dtype=float16", r"`model.param_dtype`"),
     ("train.steps_per_generation=3", r"`train.steps_per_generation` = 3 .* 128"),
     ("grpo.dynamic_sampling_factor=0.5", r"`grpo.dynamic_sampling_factor`"),
@@ -132,7 +132,7 @@ def test_more_refusals_that_need_two_keys():
     c = apply_overrides(Config(), ["task.name=math500", "task.data_path=somewhere"])
     with pytest.raises(ConfigError, match=r"`task.train_data_path`.*MATH-500 is the eval set"):
         validate(c)
-    c = apply_overrides(Config(), ["rewards.overlong=1.0", "rewards.overlong_cache=100", "sampling.max_new_tokens=64"])
+    c = apply_overrides(Config(), ["rewards.weights.overlong=1.0", "rewards.overlong_cache=100", "sampling.max_new_tokens=64"])
     with pytest.raises(ConfigError, match=r"`rewards.overlong_cache` = 100 .*max_new_tokens = 64"):
         validate(c)
     c = apply_overrides(Config(), ["train.steps_per_generation=4", "train.num_minibatches=3"])
@@ -144,3 +144,35 @@ def test_more_refusals_that_need_two_keys():
 
 def test_sft_learning_rate_default_suits_a_pretrained_model():
     assert Config().sft.learning_rate <= 2e-5
+
+
+def test_help_lists_every_key_with_default_and_allowed_values(capsys):
+    import dataclasses
+
+    from grpo_jax import train
+
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    config = Config()
+    for section in dataclasses.fields(config):
+        for field in dataclasses.fields(getattr(config, section.name)):
+            assert f"  {section.name}.{field.name} = " in out, field.name
+    assert 'grpo.loss_type = "grpo"  (str)  one of: grpo, bnpo, dr_grpo' in out
+    assert 'rewards.weights = {"correctness": 1.0}' in out
+    assert "train.steps_per_generation = 1  (int)" in out
+
+
+def test_mapping_overrides():
+    c = apply_overrides(Config(), ["rewards.weights.format=0.1", "rewards.weights.my.mod:fn=2"])
+    assert c.rewards.weights == {"correctness": 1.0, "format": 0.1, "my.mod:fn": 2.0}
+    c = apply_overrides(Config(), ['rewards.weights={"format": 1}'])
+    assert c.rewards.weights == {"format": 1.0}
+    with pytest.raises(ConfigError, match=r"`rewards.weights.format` must be a number"):
+        validate(cfg_from({"rewards": {"weights": {"format": "high"}}}))
+    with pytest.raises(ConfigError, match=r"`grpo.beta.x`: `grpo.beta` is not a mapping"):
+        apply_overrides(Config(), ["grpo.beta.x=1"])
+
+
+def cfg_from(d):
+    from grpo_jax.config import from_dict
+    return from_dict(d)

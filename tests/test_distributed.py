@@ -33,7 +33,7 @@ TINY = [
     "sft.learning_rate=1e-2", "sft.warmup_steps=0", "train.steps=2", "train.prompts_per_step=4",
     "grpo.group_size=4", "task.eval_size=16", "train.eval_batch_size=16", "train.eval_every=2",
     "train.checkpoint_every=1", "optim.learning_rate=1e-3", "train.samples_every=1",
-    "rewards.format=1.0", "sft.eval_every=15", "sft.validation_size=16", "mesh.data=4", "mesh.fsdp=2",
+    "rewards.weights.format=1.0", "sft.eval_every=15", "sft.validation_size=16", "mesh.data=4", "mesh.fsdp=2",
 ]
 TIMING = ("sample_seconds", "reward_seconds", "update_seconds", "step_seconds")
 TIMEOUT_S = 300
@@ -47,14 +47,14 @@ _CHILD = textwrap.dedent("""
     # Only process 0 may score: on any other process every verifier raises (scores 0). If a process
     # other than 0 scored its own copy of the batch, its advantages would differ and the sharded
     # update would mix the two, so the metrics below would not match the one-process run.
-    make_task = train.make_task
+    from grpo_jax import rewards
     def guarded(fn):
-        def verifier(completion, example):
+        def verifier(*args, **kwargs):
             if jax.process_index() != 0:
                 raise RuntimeError("verifier called on process %d" % jax.process_index())
-            return fn(completion, example)
+            return fn(*args, **kwargs)
         return verifier
-    train.make_task = lambda c: (lambda t: t._replace(verifiers={k: guarded(v) for k, v in t.verifiers.items()}))(make_task(c))
+    rewards.correctness, rewards.format_reward = guarded(rewards.correctness), guarded(rewards.format_reward)
 
     # The command-line entry point, as `python -m grpo_jax.train` runs it: it starts jax.distributed
     # from the flags. 1 step, "crash", then resume to step 2 from the checkpoint both processes wrote.

@@ -1,7 +1,9 @@
-"""MetricsWriter / read_metrics / fetch: rows, NaN, resume truncation, crash tails, TensorBoard."""
+"""MetricsWriter / read_metrics / fetch: rows, NaN, resume truncation, crash tails, TensorBoard,
+progress bar on a terminal and plain log lines without one."""
 import json
 import math
 import struct
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -167,12 +169,100 @@ def test_fetch_is_one_transfer_of_python_scalars(monkeypatch):
 def test_progress_bar_shows_reward_and_kl(tmp_path, capsys):
     with MetricsWriter(tmp_path, tensorboard=False, progress=True, progress_total=10) as w:
         w.write(3, {"reward_mean": 0.5, "kl": 0.0123, "loss": 1.0})
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err  # the bar is on stderr
     assert "reward_mean=0.5" in err and "kl=0.0123" in err and "3/10" in err
 
 
-def test_non_primary_process_writes_nothing(tmp_path):
-    with MetricsWriter(tmp_path / "w", progress=False, is_primary=False) as w:
-        assert w.write(1, {"loss": 1.0}) == {"step": 1, "loss": 1.0}
-        w.write_text(1, "s", "t")
+def test_non_primary_process_writes_nothing(tmp_path, capsys):
+    for progress in (False, "lines"):
+        with MetricsWriter(tmp_path / "w", progress=progress, progress_total=10, is_primary=False) as w:
+            assert w.write(1, {"loss": 1.0}) == {"step": 1, "loss": 1.0}
+            w.write(2, _grpo_row(2.0))
+            w.write_text(1, "s", "t")
     assert not (tmp_path / "w").exists()
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""  # only the primary process prints progress lines
+
+
+def _grpo_row(step_seconds, **extra):
+    return {"reward_mean": jnp.float32(0.6123), "loss": jnp.float32(0.1), "kl": 0.01304,
+            "clip_fraction": 0.002, "completion_length": 21.44, "step_seconds": step_seconds, **extra}
+
+
+def test_plain_lines_without_a_terminal(tmp_path, capsys):
+    rows = [
+        (0, {"sft_loss": 1.23456, "sft_token_accuracy": 0.5, "sft_num_tokens": 96.0, "sft_step": 5}),
+        (0, {"sft_validation_accuracy": 0.75, "sft_step": 10}),
+        (0, {"prompts_dropped_train": 0.0, "eval_accuracy": 0.25, "eval_examples": 8}),
+        (2, _grpo_row(2.0)),
+        (4, _grpo_row(2.0, eval_accuracy=0.7213, eval_examples=8)),
+        (6, _grpo_row(50.0)),  # one slow step: the median of (2, 2, 50) s is still 2 s/step
+    ]
+    with MetricsWriter(tmp_path / "lines", tensorboard=False, progress="lines", progress_total=12) as w:
+        for step, row in rows:
+            w.write(step, row)
+        w.write_text(6, "completion", "a sample prints nothing")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "sft step 5 | loss 1.23 | tok acc 0.5",
+        "sft step 10 | val acc 0.75",
+        "step 0/12 | acc 0.25",
+        # 12 - 2 = 10 steps left at 2 s/step -> 20 s.
+        "step 2/12 | reward 0.612 | kl 0.013 | clip 0.002 | len 21.4 | 2 s/step | eta 20s",
+        "step 4/12 | reward 0.612 | acc 0.721 | kl 0.013 | clip 0.002 | len 21.4 | 2 s/step | eta 16s",
+        "step 6/12 | reward 0.612 | kl 0.013 | clip 0.002 | len 21.4 | 2 s/step | eta 12s",
+    ]
+    # metrics.jsonl is byte for byte what a writer without any progress output writes.
+    with MetricsWriter(tmp_path / "quiet", tensorboard=False, progress=False, progress_total=12) as w:
+        for step, row in rows:
+            w.write(step, row)
+        w.write_text(6, "completion", "a sample prints nothing")
+    assert capsys.readouterr().out == ""
+    jsonl = [(tmp_path / d / "metrics.jsonl").read_bytes() for d in ("lines", "quiet")]
+    assert jsonl[0] == jsonl[1]
+
+
+def test_plain_line_eta_in_minutes_pass_at_k_and_no_total(tmp_path, capsys):
+    with MetricsWriter(tmp_path / "a", tensorboard=False, progress="lines", progress_total=600) as w:
+        w.write(1, {"step_seconds": 30.0})  # compiling: 30 s/step, 599 steps left
+        # The low median of (30, 0.97) s is 0.97 s/step; 575 steps left x 0.97 s = 557.75 s -> 9m18s.
+        w.write(25, {"reward_mean": 0.5, "eval_accuracy": 0.25, "eval_pass@4": 0.5, "eval_maj@4": 0.375,
+                     "step_seconds": 0.97})
+    with MetricsWriter(tmp_path / "b", tensorboard=False, progress="lines") as w:
+        w.write(3, {"reward_mean": 0.5, "step_seconds": 1.5})  # no total: no "/total", no ETA
+        w.write(4, {"loss": 1.0})  # nothing the line shows: no line
+    assert capsys.readouterr().out.splitlines() == [
+        "step 1/600 | 30 s/step | eta 4h59m",
+        "step 25/600 | reward 0.5 | acc 0.25 | pass@4 0.5 | maj@4 0.375 | 0.97 s/step | eta 9m18s",
+        "step 3 | reward 0.5 | 1.5 s/step",
+    ]
+
+
+def test_compact_numbers_and_durations():
+    assert [metrics._num(v) for v in (0.6123, 0.0130, 0.002, 21.44, 1e-5, 1234.4, 7, math.nan, -math.inf)] == [
+        "0.612", "0.013", "0.002", "21.4", "1e-05", "1234", "7", "nan", "-inf"]
+    assert [metrics._duration(s) for s in (0, 20, 59.6, 574, 3725, 90061)] == [
+        "0s", "20s", "1m00s", "9m34s", "1h02m", "1d01h"]
+
+
+def test_a_terminal_gets_the_bar_and_no_plain_lines(tmp_path, capsys, monkeypatch):
+    with MetricsWriter(tmp_path / "forced", tensorboard=False, progress="bar", progress_total=10) as w:
+        w.write(3, _grpo_row(2.0))
+    err = capsys.readouterr().err
+    assert "3/10" in err and "reward_mean=0.612" in err  # the tqdm bar
+    assert "step 3/10" not in err and "eta" not in err and "s/step" not in err
+    # Default (progress=None): a bar only when stdout and stderr are both terminals; otherwise
+    # (`make train > log`) plain lines on stdout.
+    for out_tty, err_tty, expect_line in ((True, True, False), (False, True, True), (True, False, True)):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: out_tty)
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: err_tty)
+        with MetricsWriter(tmp_path / f"auto{out_tty}{err_tty}", tensorboard=False, progress_total=10) as w:
+            w.write(3, _grpo_row(2.0))
+        captured = capsys.readouterr()
+        assert ("step 3/10 | reward 0.612" in captured.out) == expect_line, captured
+        assert ("3/10 [" in captured.err) == (not expect_line), captured  # tqdm's "n/total [elapsed<remaining"
+
+
+def test_progress_must_be_a_known_mode(tmp_path):
+    with pytest.raises(ValueError, match="progress must be"):
+        MetricsWriter(tmp_path, tensorboard=False, progress="line")

@@ -19,7 +19,6 @@ def test_notebook_runs(path, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("GRPO_JAX_NOTEBOOK_WORKDIR", str(tmp_path_factory.getbasetemp() / "notebooks"))
     # The kernel inherits this process's environment: one CPU device is what a laptop user has.
     monkeypatch.setenv("XLA_FLAGS", "")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300,
                                      resources={"metadata": {"path": str(path.parent)}})

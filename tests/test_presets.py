@@ -142,7 +142,7 @@ def test_preset_prompt_limit_fits_gsm8k_through_a_chat_template(name, shared_dat
     # prompt in the preset's own style is dropped at load: the old limit of 64 dropped nearly all.
     from grpo_jax import config as cfg_lib
     from grpo_jax import tokenizer as tok_lib
-    from grpo_jax import train
+    from grpo_jax import tasks
 
     tokenizer_dir = shared_data.parent / "tokenizers" / "qwen3"
     if not tokenizer_dir.is_dir():
@@ -150,6 +150,6 @@ def test_preset_prompt_limit_fits_gsm8k_through_a_chat_template(name, shared_dat
     c = load_config(EXPERIMENTS / f"{name}.py")
     c.task.name, c.task.data_path, c.task.chat_template = "gsm8k", str(shared_data / "gsm8k"), True
     c = cfg_lib.validate(c)
-    task, counts = train.fit_prompts(train.make_task(c), tok_lib.load_tokenizer(tokenizer_dir), c)
+    task, counts = tasks.fit_prompts(tasks.from_config(c), tok_lib.load_tokenizer(tokenizer_dir), c)
     assert counts == {"prompts_dropped_train": 0, "prompts_dropped_eval": 0}
     assert c.sampling.max_new_tokens >= 1024

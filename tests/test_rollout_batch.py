@@ -12,21 +12,24 @@ import numpy as np
 import pytest
 
 from grpo_jax import config as cfg_lib
-from grpo_jax import train
+from grpo_jax import build, rollout, tasks
+from grpo_jax import tokenizer as tok_lib
 
 from test_train import QUICKSTART, TINY
 
 
 def _setup(*extra):
-    overrides = [o for o in TINY if not o.startswith("sft.")] + ["sft.steps=0", "mesh.data=1",
+    overrides = [o for o in TINY if not o.startswith("sft.")] + ["sft.steps=0", "rewards.weights.format=0", "mesh.data=1",
                                                                   "mesh.fsdp=1", *extra]
-    return train.setup(["--config", QUICKSTART, "--workdir", "unused"] + [f"--config.{o}" for o in overrides])
+    config, workdir = cfg_lib.parse_command_line(["--config", QUICKSTART, "--workdir", "unused"]
+                                                 + [f"--config.{o}" for o in overrides])
+    return build.setup(config, workdir)
 
 
 def _even_answers_have_signal(s):
     def verifier(completion, example):
         return zlib.crc32(completion.encode()) % 1000 / 1000 if int(example.answer) % 2 == 0 else 0.0
-    return s._replace(task=s.task._replace(verifiers={"correctness": verifier}))
+    return s._replace(verifiers={"correctness": verifier})
 
 
 def _keys():
@@ -37,7 +40,7 @@ def test_dynamic_sampling_keeps_exactly_the_groups_with_signal_in_order():
     s = _even_answers_have_signal(_setup("grpo.dynamic_sampling=true", "grpo.dynamic_sampling_factor=2.0",
                                          "grpo.dynamic_sampling_max_rounds=4"))
     b, G, per_round, step = 4, 4, 8, 3
-    gen, valid, metrics = train.collect(s, s.params, step, _keys(), {"correctness": 1.0})
+    gen, valid, metrics = rollout.collect(s, s.params, step, _keys())
     # Known in advance: the stream (step * rounds + r) * per_round + i, even golds kept, in order.
     stream = [s.task.train_example((step * 4 + r) * per_round + i) for r in range(4) for i in range(per_round)]
     even = [e for e in stream if int(e.answer) % 2 == 0]
@@ -60,17 +63,17 @@ def test_dynamic_sampling_short_batch_is_filled_with_masked_rows():
     # Only problems whose answer is 0 mod 40 have signal: rare, so 1 round of 8 problems keeps few.
     s = _setup("grpo.dynamic_sampling=true", "grpo.dynamic_sampling_max_rounds=1")
     rare = lambda c, e: zlib.crc32(c.encode()) % 1000 / 1000 if int(e.answer) % 40 == 0 else 0.0  # noqa: E731
-    s = s._replace(task=s.task._replace(verifiers={"correctness": rare}))
+    s = s._replace(verifiers={"correctness": rare})
     for step in range(40):
         stream = [s.task.train_example(step * 8 + i) for i in range(8)]
         kept = [e for e in stream if int(e.answer) % 40 == 0]
         if 0 < len(kept) < 4:
             break
-    gen, valid, metrics = train.collect(s, s.params, step, _keys(), {"correctness": 1.0})
+    gen, valid, metrics = rollout.collect(s, s.params, step, _keys())
     assert valid.tolist() == [1.0] * (4 * len(kept)) + [0.0] * (4 * (4 - len(kept)))
     assert metrics["dynamic_filled_fraction"] == len(kept) / 4
     c = s.config
-    advantages, loss_mask, _ = train.update_inputs(c, gen, valid, s.eos_ids)
+    advantages, loss_mask, _ = rollout.update_inputs(c, gen, valid, s.eos_ids)
     assert np.all(advantages[valid == 0] == 0) and np.all(loss_mask[valid == 0] == 0)
     assert np.abs(advantages[valid == 1]).max() > 0
 
@@ -80,16 +83,16 @@ def test_mask_truncated_completions_leaves_truncated_rows_out_of_the_loss_only()
     eos = s.eos_ids[0]
     tokens = np.array([[5, 6, eos, eos], [5, 6, 7, 8], [5, eos, eos, eos], [9, 9, 9, 9]], np.int32)
     mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]], np.float32)
-    gen = train.Generation([], None, None, tokens, mask, np.array([1.0, 0.0, 0.0, 1.0], np.float32), {}, {}, [])
+    gen = rollout.Generation([], None, None, tokens, mask, np.array([1.0, 0.0, 0.0, 1.0], np.float32), {}, {}, [])
     valid = np.ones(4, np.float32)
     c = cfg_lib.apply_overrides(s.config, ["grpo.group_size=2", "grpo.mask_truncated_completions=true"])
-    advantages, loss_mask, ended = train.update_inputs(c, gen, valid, s.eos_ids)
+    advantages, loss_mask, ended = rollout.update_inputs(c, gen, valid, s.eos_ids)
     assert ended.tolist() == [True, False, True, False]
     np.testing.assert_array_equal(loss_mask, mask * np.array([1, 0, 1, 0])[:, None])
     # The truncated rows' rewards still count in their groups' advantages.
     np.testing.assert_allclose(advantages, [0.7071, -0.7071, -0.7071, 0.7071], atol=1e-3)
     off = cfg_lib.apply_overrides(c, ["grpo.mask_truncated_completions=false"])
-    np.testing.assert_array_equal(train.update_inputs(off, gen, valid, s.eos_ids)[1], mask)
+    np.testing.assert_array_equal(rollout.update_inputs(off, gen, valid, s.eos_ids)[1], mask)
 
 
 def test_long_prompts_are_dropped_at_load_and_counted(tmp_path):
@@ -104,14 +107,13 @@ def test_long_prompts_are_dropped_at_load_and_counted(tmp_path):
     c = cfg_lib.apply_overrides(cfg_lib.Config(), [
         "task.name=gsm8k", f"task.data_path={tmp_path}", "task.instruction=false", "task.eval_size=0",
         "sampling.max_prompt_length=64"])
-    task = train.make_task(cfg_lib.validate(c))
-    from grpo_jax import tokenizer as tok_lib
-    tokenizer = tok_lib.char_tokenizer(train.CHAR_ALPHABET)
-    task, counts = train.fit_prompts(task, tokenizer, c)
+    task = tasks.from_config(cfg_lib.validate(c))
+    tokenizer = tok_lib.char_tokenizer(tok_lib.CHAR_ALPHABET)
+    task, counts = tasks.fit_prompts(task, tokenizer, c)
     assert counts == {"prompts_dropped_train": 1, "prompts_dropped_eval": 1}
     assert len(task.train_records) == 29 and len(task.eval_examples) == 5
     assert all(len(task.train_example(i).prompt) <= 64 for i in range(100))
     # A generated task whose prompts cannot fit is refused before any work, naming the key.
     c = cfg_lib.apply_overrides(cfg_lib.Config(), ["sampling.max_prompt_length=8"])
     with pytest.raises(cfg_lib.ConfigError, match=r"`sampling.max_prompt_length` = 8 .*up to \d+ tokens"):
-        train.fit_prompts(train.make_task(c), tokenizer, c)
+        tasks.fit_prompts(tasks.from_config(c), tokenizer, c)

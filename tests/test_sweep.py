@@ -2,6 +2,7 @@
 group_size=G updates; a vmapped sweep == the same configurations run one by one."""
 import random
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,7 @@ from grpo_jax import tokenizer as tok_lib
 from grpo_jax import train_step as ts
 from grpo_jax.tasks import arithmetic
 
-TOK = tok_lib.char_tokenizer(train.CHAR_ALPHABET)
+TOK = tok_lib.char_tokenizer(tok_lib.CHAR_ALPHABET)
 EOS = TOK.eos_token_id
 TABLES = sweep.verifier_tables(TOK, len(TOK) + 4)  # 4 ids past the tokenizer: decode drops them
 TINY = model_lib.ModelConfig(vocab_size=len(TOK), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
@@ -253,7 +254,7 @@ def test_masked_update_equals_genuine_group_size():
     assert 0 < want_zero < 1 and float(got["zero_std_fraction"]) == pytest.approx(want_zero)
     assert float(got["reward_mean"]) == pytest.approx(used_rewards.mean())
     assert float(want["clip_fraction"]) > 0  # the second iteration (mu = 2) is off-policy: clipping acts
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), got_state.params, want_state.params)
+    chex.assert_trees_all_close(got_state.params, want_state.params, atol=1e-6, rtol=1e-7)
     moved = jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), want_state.params, state.params)
     assert max(jax.tree.leaves(moved)) > 1e-3
 
@@ -287,7 +288,7 @@ def test_vmapped_sweep_equals_one_by_one():
                           jax.tree.map(lambda x: x[c], hp), jnp.int32(group_sizes[c]))
             for k, v in m.items():
                 np.testing.assert_allclose(history[step][k][c], v, rtol=1e-5, atol=1e-5, err_msg=f"{c} {step} {k}")
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x[c], y, atol=1e-5), vstate.params, s.params)
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[c], vstate.params), s.params, atol=1e-5, rtol=1e-7)
     # The configurations really differ: otherwise the comparison proves little.
     flat = np.concatenate([np.asarray(x).reshape(4, -1) for x in jax.tree.leaves(vstate.params)], axis=1)
     assert min(np.abs(flat[i] - flat[j]).max() for i in range(4) for j in range(i)) > 1e-4

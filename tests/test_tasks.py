@@ -311,7 +311,7 @@ def test_format_target_round_trips_through_the_verifiers(reasoning, answer, styl
 @pytest.mark.parametrize("name", ["arithmetic", "countdown", "gsm8k", "math500", "svamp"])
 def test_training_and_held_out_problems_are_disjoint(name, request):
     from grpo_jax import config as cfg_lib
-    from grpo_jax import train
+    from grpo_jax import tasks as tasks_lib
 
     c = cfg_lib.Config()
     c.task.name = name
@@ -321,24 +321,57 @@ def test_training_and_held_out_problems_are_disjoint(name, request):
         c.task.data_path = str(data / name)
         if name == "math500":
             c.task.train_data_path = str(data / "math")
-    task = train.make_task(cfg_lib.validate(c))
-    held_out = {train.normalized_problem(e.prompt) for e in task.eval_examples + task.validation_examples}
+    task = tasks_lib.from_config(cfg_lib.validate(c))
+    held_out = {tasks_lib.normalized_problem(e.prompt) for e in task.eval_examples + task.validation_examples}
     if task.train_records is not None:
         training = task.train_records
         assert len(training) > 0.5 * len(held_out) or name == "svamp"
     else:  # a generated task: its first 20,000 training problems
         training = [task.train_example(i) for i in range(20_000)]
-    overlap = [e.prompt for e in training if train.normalized_problem(e.prompt) in held_out]
+    overlap = [e.prompt for e in training if tasks_lib.normalized_problem(e.prompt) in held_out]
     assert not overlap, overlap[:3]
 
 
 def test_math500_trains_on_math_minus_math500(shared_data):
     from grpo_jax import config as cfg_lib
-    from grpo_jax import train
+    from grpo_jax import tasks as tasks_lib
 
     c = cfg_lib.Config()
     c.task.name, c.task.eval_size = "math500", 0
     c.task.data_path, c.task.train_data_path = str(shared_data / "math500"), str(shared_data / "math")
-    task = train.make_task(cfg_lib.validate(c))
+    task = tasks_lib.from_config(cfg_lib.validate(c))
     assert len(task.eval_examples) + len(task.validation_examples) == 500
     assert len(task.train_records) == 4500  # the MATH test set less MATH-500 (PRM800K's split)
+
+
+def test_gsm8k_through_tfds_equals_the_files(shared_data, tmp_path):
+    # task.source="tfds": the dataset prepared once (offline, from the JSONL release) into a TFDS
+    # data_dir, then read with tfds.data_source; the task is the same as from the files.
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import tasks as tasks_lib
+    from grpo_jax.tasks import tfds as tfds_lib
+
+    tfds_lib.prepare(shared_data / "gsm8k", tmp_path / "tfds")
+    files = cfg_lib.apply_overrides(cfg_lib.Config(), ["task.name=gsm8k", f"task.data_path={shared_data / 'gsm8k'}"])
+    tfds = cfg_lib.apply_overrides(files, ["task.source=tfds", f"task.data_path={tmp_path / 'tfds'}"])
+    a, b = (tasks_lib.from_config(cfg_lib.validate(c)) for c in (files, tfds))
+    assert [(e.prompt, e.answer) for e in a.train_records] == [(e.prompt, e.answer) for e in b.train_records]
+    assert [(e.prompt, e.answer) for e in a.eval_examples] == [(e.prompt, e.answer) for e in b.eval_examples]
+    assert a.train_example(123).prompt == b.train_example(123).prompt
+
+
+def test_records_task_reads_any_math_style_file(tmp_path):
+    import json
+
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import tasks as tasks_lib
+
+    rows = [{"Body": f"Ann has {a} pens.", "Answer": float(a)} for a in range(40)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[30:]))
+    c = cfg_lib.apply_overrides(cfg_lib.Config(), [
+        "task.name=records", f"task.data_path={tmp_path}", "task.question_key=Body", "task.answer_key=Answer",
+        "task.eval_size=0"])
+    task = tasks_lib.from_config(cfg_lib.validate(c))
+    assert len(task.train_records) == 30 and [e.answer for e in task.eval_examples] == [str(a) for a in range(30, 40)]
+    assert task.correct("<reasoning>x</reasoning><answer>31</answer>", task.eval_examples[1]) == 1.0

@@ -26,7 +26,7 @@ TINY = [
     "sft.learning_rate=1e-2", "sft.warmup_steps=0", "train.steps=6", "train.prompts_per_step=4",
     "grpo.group_size=4", "task.eval_size=16", "train.eval_batch_size=16", "train.eval_every=3",
     "train.checkpoint_every=3", "optim.learning_rate=1e-3",
-    "train.samples_every=3", "rewards.format=1.0", "sft.eval_every=15", "sft.validation_size=16",  # format credit varies early on: real advantages
+    "train.samples_every=3", "rewards.weights.format=1.0", "sft.eval_every=15", "sft.validation_size=16",  # format credit varies early on: real advantages
 ]
 TIMING = ("sample_seconds", "reward_seconds", "update_seconds", "step_seconds")
 

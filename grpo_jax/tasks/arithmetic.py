@@ -11,7 +11,7 @@ pair, nor its swap (b, a), appears in both splits; about 10% of all pairs are he
 """
 from __future__ import annotations
 
-from grpo_jax.tasks import Example, in_eval_split, stable_ints
+from grpo_jax.tasks.common import Example, in_eval_split, stable_ints
 
 OPS = "+-*"
 SPLITS = ("train", "eval")

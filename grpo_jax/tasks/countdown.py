@@ -12,7 +12,7 @@ Held-out split: by hash of (sorted numbers, target), seed-independent, 10% eval 
 """
 from __future__ import annotations
 
-from grpo_jax.tasks import Example, in_eval_split, stable_ints
+from grpo_jax.tasks.common import Example, in_eval_split, stable_ints
 
 SPLITS = ("train", "eval")
 _MAX_ATTEMPTS = 10_000

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from grpo_jax.tasks import Example, field, read_jsonl, resolve_file
+from grpo_jax.tasks.common import Example, field, read_jsonl, resolve_file
 
 _GOLD_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _CALCULATOR_RE = re.compile(r"<<[^<>]*>>")

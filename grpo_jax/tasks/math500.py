@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from grpo_jax.tasks import Example, field, read_jsonl, resolve_file
+from grpo_jax.tasks.common import Example, field, read_jsonl, resolve_file
 
 
 def last_boxed(text: str) -> str | None:

@@ -12,7 +12,7 @@ messages (instruction as the system message) for the tokenizer's chat template, 
 """
 from __future__ import annotations
 
-STYLES = ("reasoning", "think", "plain")
+from grpo_jax.rewards import STYLES  # the answer styles the verifiers understand
 
 REASONING_INSTRUCTION = (
     "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"

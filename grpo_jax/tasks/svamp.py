@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from grpo_jax.tasks import Example, field, resolve_file
+from grpo_jax.tasks.common import Example, field, resolve_file
 
 
 def _number_string(value: float) -> str:

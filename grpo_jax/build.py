@@ -1,0 +1,105 @@
+"""Builds every part of a run from its config, each by the module that owns it:
+
+    mesh        sharding.make_mesh          (mesh.data x mesh.fsdp over the devices)
+    task        tasks.from_config           (problems, held-out sets, prompt, answer check)
+    tokenizer   tokenizer.from_config       (and the EOS ids: tokenizer.eos_token_ids)
+    prompts     tasks.fit_prompts           (those too long for sampling.max_prompt_length, dropped)
+    verifiers   rewards.from_config         (rewards.weights, by name)
+    model       weights.from_config         (a checkpoint, or a seeded random init)
+
+`setup` runs them in that order, so data and config errors come before any model work. The
+training program (`grpo_jax.train`), the evaluation program (`grpo_jax.evaluate`) and the notebooks
+(`grpo_jax.ablation`) all start here; nothing here imports a program.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_jax import checkpoint as ckpt_lib
+from grpo_jax import config as cfg_lib
+from grpo_jax import model as model_lib
+from grpo_jax import rewards as rewards_lib
+from grpo_jax import sharding
+from grpo_jax import tasks as tasks_lib
+from grpo_jax import tokenizer as tok_lib
+from grpo_jax import train_step as ts
+from grpo_jax import weights as weights_lib
+
+
+class Setup(NamedTuple):
+    config: cfg_lib.Config
+    workdir: pathlib.Path
+    mesh: Any
+    put: Callable  # numpy [N, ...] -> global array sharded over the batch axes
+    tokenizer: Any
+    model_config: model_lib.ModelConfig
+    params: Any
+    task: tasks_lib.Task
+    step: int  # checkpoint step the params come from (0: none)
+    eos_ids: tuple  # every id that ends a completion (tokenizer.eos_token_ids)
+    prompt_counts: dict  # prompts dropped at data load for being too long (tasks.fit_prompts)
+    verifiers: dict  # name -> (completion, example) -> float, the weighted ones (rewards.from_config)
+
+
+def make_put(mesh) -> Callable:
+    def put(x):
+        x = np.asarray(x)
+        sh = sharding.batch_sharding(mesh, x.ndim)
+        # Every process holds the same full batch (it is a pure function of the step), so each one
+        # supplies its own shards: correct on one host and on many.
+        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
+    return put
+
+
+def make_optimizer(c: cfg_lib.Config):
+    """The GRPO optimizer from the `optim` section (schedules count every optimizer update:
+    train.steps * grpo.num_iterations * train.steps_per_generation)."""
+    return ts.make_optimizer(
+        learning_rate=c.optim.learning_rate, max_grad_norm=c.optim.max_grad_norm, b1=c.optim.b1,
+        b2=c.optim.b2, weight_decay=c.optim.weight_decay, warmup_steps=c.optim.warmup_steps,
+        schedule=c.optim.schedule,
+        total_steps=c.train.steps * c.grpo.num_iterations * c.train.steps_per_generation)
+
+
+def reference_params(model_config: model_lib.ModelConfig, params):
+    """The frozen reference policy: a copy of `params` stored in the compute dtype (it is only ever
+    read by forwards that cast to that dtype anyway, so this changes no number)."""
+    if model_config.param_dtype == model_config.dtype:
+        return jax.tree.map(jnp.copy, params)
+    return model_lib.cast_params(params, jnp.dtype(model_config.dtype))
+
+
+def checkpoint_tree(c: cfg_lib.Config, state, ref_params) -> dict:
+    """What a checkpoint holds: the train state, and the frozen reference when the KL term needs it."""
+    return {"train": state, "ref": ref_params} if c.grpo.beta > 0 else {"train": state}
+
+
+def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False) -> Setup:
+    """Validates `config` against the devices and builds every part (module docstring); with
+    `for_eval`, the params come from the workdir's latest checkpoint when there is one."""
+    cfg_lib.validate(config, num_devices=jax.device_count())
+    workdir = pathlib.Path(workdir)
+    data, fsdp = cfg_lib.mesh_shape(config, jax.device_count())
+    mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=jax.devices()[: data * fsdp])
+    task = tasks_lib.from_config(config)  # data errors before any model work
+    tokenizer = tok_lib.from_config(config)
+    task, prompt_counts = tasks_lib.fit_prompts(task, tokenizer, config)
+    verifiers = rewards_lib.from_config(config, task)
+    eos_ids = tok_lib.eos_token_ids(tokenizer, config.model.path or None)
+    model_config, params = weights_lib.from_config(config, tokenizer, mesh)
+    step = 0
+    ckpt_dir = workdir / "checkpoints"
+    if for_eval and ckpt_dir.exists():
+        with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
+            if ckpt.latest_step() is not None:
+                target = checkpoint_tree(config, ts.init_state(params, make_optimizer(config), mesh),
+                                         reference_params(model_config, params))
+                restored, _ = ckpt.restore(ckpt_lib.abstract_like(target))
+                params, step = restored["train"].params, ckpt.latest_step()
+    return Setup(config, workdir, mesh, make_put(mesh), tokenizer, model_config, params, task, step,
+                 eos_ids, prompt_counts, verifiers)

@@ -1,0 +1,175 @@
+"""One GRPO step's batch, on the host: sample, decode, score, and (DAPO) keep only groups with signal.
+
+    generate   B prompts x G completions: one jitted, sharded sampler call (`sampling.sample`), the one
+               host round trip, then the verifiers (`score`)
+    score      rewards on process 0 only, broadcast to every process: scored independently on each
+               host, a verifier's wall-clock limit could let two hosts disagree, and the sharded
+               update would silently mix their advantages
+    collect    the step's batch: prompts [step*B, (step+1)*B) of the data order, or with
+               `grpo.dynamic_sampling` rounds of over-sampling until B groups with signal are kept
+               (static shapes: a short batch is filled with rows marked invalid)
+    update_inputs  advantages (over the valid rows), the loss mask (`grpo.mask_truncated_completions`)
+
+Every process computes the same batch: data order and sampling keys are pure functions of the step,
+and the rewards are broadcast, so resuming from a checkpoint and multi-host runs stay exact.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_jax import advantages as adv_lib
+from grpo_jax import evaluate as eval_lib
+from grpo_jax import rewards as rewards_lib
+from grpo_jax import sampling
+from grpo_jax import tokenizer as tok_lib
+from grpo_jax.build import Setup
+
+
+class Generation(NamedTuple):
+    """One sampled and scored batch, on the host, identical on every process."""
+    examples: list  # B Examples
+    prompt_tokens: np.ndarray  # i32[N, P] left-padded, group-major (N = B*G)
+    prompt_mask: np.ndarray  # i32[N, P]
+    tokens: np.ndarray  # i32[N, T]
+    mask: np.ndarray  # f32[N, T] 1 through the first EOS
+    rewards: np.ndarray  # f32[N]
+    components: dict  # name -> f32[N], unweighted
+    stats: dict  # verifier_errors, verifier_timeouts
+    completions: list  # N strings (process 0; empty strings elsewhere)
+
+
+def score(s: Setup, completions_fn: Callable[[], list], golds, lengths) -> tuple:
+    """Rewards of N completions: (f32[N], {name: f32[N]}, stats), the same on every process.
+
+    Verifiers run on process 0 only and the numbers are broadcast: scored independently on each
+    host, a verifier's wall-clock time limit could let two hosts disagree, and the sharded update
+    would silently mix their advantages. `completions_fn` decodes the texts (process 0 needs them).
+    """
+    c = s.config
+    weights = {k: w for k, w in c.rewards.weights.items() if w > 0}
+    names = list(weights)
+    n = len(golds)
+    if jax.process_index() == 0:
+        completions = completions_fn()
+        extra = {}
+        if "overlong" in weights:
+            extra["overlong"] = [rewards_lib.overlong_penalty(int(k), max_length=c.sampling.max_new_tokens,
+                                                              cache_length=c.rewards.overlong_cache)
+                                 for k in lengths]
+        rewards, components, stats = rewards_lib.combine(
+            completions, golds, weights=weights,
+            verifiers=s.verifiers, extra=extra,
+            style=s.task.style, time_limit=c.rewards.timeout_seconds)
+        packed = np.stack([rewards, *(components[k] for k in names),
+                           np.full(n, stats["verifier_errors"]), np.full(n, stats["verifier_timeouts"])], 1)
+    else:
+        completions = [""] * n
+        packed = np.zeros((n, len(names) + 3), np.float32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        packed = np.asarray(multihost_utils.broadcast_one_to_all(packed.astype(np.float32)))
+    packed = packed.astype(np.float32)
+    components = {rewards_lib.metric_name(k): packed[:, 1 + i] for i, k in enumerate(names)}
+    stats = {"verifier_errors": float(packed[0, -2]), "verifier_timeouts": float(packed[0, -1])}
+    return packed[:, 0], components, stats, completions
+
+
+def generate(s: Setup, params, examples, key) -> Generation:
+    """Sample G completions for each example (one jitted, sharded sampler call) and score them."""
+    c, G = s.config, s.config.grpo.group_size
+    chat, system = c.task.chat_template, c.task.system_prompt or None
+    ptok, pmask = tok_lib.encode_prompts(s.tokenizer, [s.task.prompt(e) for e in examples],
+                                         max_length=c.sampling.max_prompt_length, chat=chat, system=system)
+    ptok, pmask = np.repeat(ptok, G, axis=0), np.repeat(pmask, G, axis=0)  # [N, P] group-major
+    rollout = sampling.sample(s.model_config, params, s.put(ptok), s.put(pmask), key,
+                              max_new_tokens=c.sampling.max_new_tokens, eos_id=s.eos_ids,
+                              temperature=c.sampling.temperature, top_k=c.sampling.top_k,
+                              top_p=c.sampling.top_p)
+    tokens, mask = eval_lib.to_host((rollout.tokens, rollout.mask))  # the one host round trip
+    golds = [e for e in examples for _ in range(G)]
+    rewards, components, stats, completions = score(
+        s, lambda: tok_lib.decode_completions(s.tokenizer, tokens, mask, eos_id=s.eos_ids), golds,
+        mask.sum(axis=1))
+    return Generation(examples, ptok, pmask, np.asarray(tokens), np.asarray(mask, np.float32), rewards,
+                      components, stats, completions)
+
+
+def collect(s: Setup, params, step: int, train_key) -> tuple[Generation, np.ndarray, dict]:
+    """Step `step`'s batch of B groups: (Generation, row_valid f32[N], metrics).
+
+    Plain GRPO: prompts [step*B, (step+1)*B) of the data order, one sampler call, every row valid.
+    DAPO dynamic sampling (`grpo.dynamic_sampling`): round r samples B' = ceil(B * factor) prompts
+    (indices (step*R + r)*B' .., R = max rounds, so a step's data stays a pure function of the step
+    and resume is exact), keeps the groups whose rewards are not all equal, in order, until B are
+    kept. After R rounds a batch still short is filled with copies of a sampled group whose rows are
+    marked invalid (row_valid 0: no advantage, no loss), so every shape stays static.
+    """
+    c = s.config
+    b, G, g = c.train.prompts_per_step, c.grpo.group_size, c.grpo
+    if not g.dynamic_sampling:
+        examples = [s.task.train_example(step * b + i) for i in range(b)]
+        gen = generate(s, params, examples, jax.random.fold_in(train_key, step))
+        return gen, np.ones(b * G, np.float32), {}
+    per_round, rounds = math.ceil(b * g.dynamic_sampling_factor), g.dynamic_sampling_max_rounds
+    kept, sampled = [], []  # kept: (generation, group index) in sampling order
+    for r in range(rounds):
+        start = (step * rounds + r) * per_round
+        examples = [s.task.train_example(start + i) for i in range(per_round)]
+        gen = generate(s, params, examples, jax.random.fold_in(jax.random.fold_in(train_key, step), r))
+        sampled.append(gen)
+        grouped = gen.rewards.reshape(per_round, G)
+        signal = grouped.max(axis=1) != grouped.min(axis=1)
+        kept += [(gen, i) for i in np.flatnonzero(signal)]
+        if len(kept) >= b:
+            break
+    kept = kept[:b]
+    filler = [(sampled[-1], 0)] * (b - len(kept))  # invalid rows: any real tokens will do
+
+    def rows(field):
+        return np.concatenate([getattr(gen, field)[i * G:(i + 1) * G] for gen, i in kept + filler], axis=0)
+
+    valid = np.repeat(np.arange(b) < len(kept), G).astype(np.float32)
+    batch = Generation(
+        [gen.examples[i] for gen, i in kept + filler], rows("prompt_tokens"), rows("prompt_mask"),
+        rows("tokens"), rows("mask"), rows("rewards"), {k: rows_k for k, rows_k in
+                                                        ((k, np.concatenate([x.components[k] for x in sampled]))
+                                                         for k in sampled[0].components)},
+        {k: sum(x.stats[k] for x in sampled) for k in sampled[0].stats},
+        sum(([x.completions[i * G:(i + 1) * G] for x, i in kept + filler]), []))
+    total = sum(len(x.examples) for x in sampled)
+    metrics = {"dynamic_rounds": float(len(sampled)),
+               "dynamic_kept_fraction": float(np.mean(np.concatenate(
+                   [x.rewards.reshape(-1, G).max(1) != x.rewards.reshape(-1, G).min(1) for x in sampled]))),
+               "dynamic_filled_fraction": len(kept) / b,
+               "dynamic_extra_samples": float((total - b) * G),
+               # What the policy scored on everything it sampled (the batch itself is filtered).
+               "reward_mean": float(np.mean(np.concatenate([x.rewards for x in sampled]))),
+               "reward_std": float(np.std(np.concatenate([x.rewards for x in sampled])))}
+    metrics["zero_std_fraction"] = 1.0 - metrics["dynamic_kept_fraction"]
+    return batch, valid, metrics
+
+
+def update_inputs(c, gen: Generation, valid: np.ndarray, eos_ids) -> tuple:
+    """(advantages f32[N], loss mask f32[N, T], ended bool[N]) for the update.
+
+    Advantages are group-relative over the valid rows (`valid` from `collect`); a row ended iff it
+    emitted one of `eos_ids`, else it hit max_new_tokens (truncated). The loss mask is the sampler's
+    completion mask on valid rows, and with `grpo.mask_truncated_completions` (DAPO overlong
+    filtering) 0 on truncated rows too: their reward still counts in their group's advantages.
+    """
+    g = c.grpo
+    advantages = adv_lib.group_advantages(jnp.asarray(gen.rewards), g.group_size, scale=g.scale_rewards,
+                                          eps=g.advantage_eps,
+                                          mask=jnp.asarray(valid) if g.dynamic_sampling else None)
+    ended = (np.isin(gen.tokens, np.asarray(eos_ids)) & (gen.mask > 0)).any(axis=1)  # [N]
+    loss_mask = gen.mask * valid[:, None]
+    if g.mask_truncated_completions:
+        loss_mask = loss_mask * ended[:, None]
+    return np.asarray(advantages), loss_mask.astype(np.float32), ended
+
+
