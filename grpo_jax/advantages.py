@@ -16,6 +16,7 @@ mode. That needs an explicit mask: in f32 the group mean of three copies of 2.92
 2.9229512, and the ~2e-7 residual divided by (std=0) + eps would become a spurious advantage of ~2e-3.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -53,8 +54,9 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group
         return centred.reshape(n)  # [N]
 
     mask = jnp.asarray(mask)
-    if mask.shape != (n,):
-        raise ValueError(f"mask must have the rewards' shape ({n},), got {mask.shape}")
+    # Shape only (trace time); a ValueError like the checks above.
+    chex.assert_shape(mask, (n,), exception_type=ValueError,
+                      custom_message="group_advantages: mask must have the rewards' shape [N]")
     used = mask.reshape(grouped.shape).astype(bool)  # [B, G]
     count = used.sum(axis=1, keepdims=True).astype(jnp.float32)  # [B, 1] marked rows per group
     # Tied: the marked rows' max equals their min (exact comparison, as above: no mean residual).

@@ -23,6 +23,7 @@ At mu = 1 (one update per sample) old_logps equal logps in value, rho = 1, nothi
 the surrogate's gradient is the policy gradient A * grad logp.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -37,6 +38,10 @@ def token_logps(logits: jax.Array, tokens: jax.Array, *, temperature=1.0) -> jax
     the same tempered, untruncated distribution, so the importance ratio at mu = 1 is exactly 1.
     temperature 0 (greedy sampling) is scored as temperature 1.
     """
+    # Shapes only (trace time, nothing in the compiled program): logits = tokens' shape + (V,).
+    msg = "token_logps: logits must have the tokens' shape + (V,)"
+    chex.assert_rank(logits, tokens.ndim + 1, custom_message=msg)
+    chex.assert_equal_shape_prefix([logits, tokens], tokens.ndim, custom_message=msg)
     temperature = jnp.where(temperature > 0, temperature, 1.0)
     logits = logits.astype(jnp.float32) / temperature
     logz = jax.nn.logsumexp(logits, axis=-1)
@@ -55,6 +60,19 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+def _check_loss_inputs(logps, old_logps, ref_logps, advantages, mask):
+    """Shapes and dtypes only: runs while tracing, adds nothing to the compiled program."""
+    log_probs = [logps, old_logps] + ([] if ref_logps is None else [ref_logps])
+    names = "logps, old_logps" + ("" if ref_logps is None else ", ref_logps")
+    chex.assert_rank(logps, 2, custom_message="grpo_loss: logps must be [N, T]")
+    # A wrong T would broadcast or misalign silently; so would advantages [N, 1] instead of [N].
+    chex.assert_equal_shape([*log_probs, mask], custom_message=f"grpo_loss: {names}, mask must all be [N, T]")
+    chex.assert_shape(advantages, (logps.shape[0],),
+                      custom_message=f"grpo_loss: advantages must be [N] with N = {logps.shape[0]} rows of logps")
+    chex.assert_type([*log_probs, advantages], float,  # the mask may be bool, int or float
+                     custom_message=f"grpo_loss: {names}, advantages must be floating point")
+
+
 def grpo_loss(logps, old_logps, ref_logps, advantages, mask, *, epsilon=0.2, epsilon_high=None,
               beta=0.04, loss_type="grpo", importance_level="token", max_completion_length=None):
     """Clipped-surrogate + k3 KL loss -> (scalar loss, dict of scalar metrics).
@@ -67,6 +85,7 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, *, epsilon=0.2, eps
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if importance_level not in IMPORTANCE_LEVELS:
         raise ValueError(f"importance_level must be one of {IMPORTANCE_LEVELS}, got {importance_level!r}")
+    _check_loss_inputs(logps, old_logps, ref_logps, advantages, mask)
     n, t = logps.shape
     mask = mask.astype(jnp.float32)
     epsilon_high = epsilon if epsilon_high is None else epsilon_high

@@ -45,6 +45,7 @@ changing them (same number of EOS ids) does not recompile.
 """
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,8 +106,17 @@ def _segment_ends(t_max: int) -> list[int]:
     return [-(-t_max * (j + 1) // k) for j in range(k)]
 
 
+def _check_prompts(prompt_tokens, prompt_mask):
+    """Shapes and dtypes only: runs while tracing, adds nothing to the compiled program."""
+    chex.assert_rank(prompt_tokens, 2, custom_message="sample: prompt_tokens must be [N, P]")
+    chex.assert_equal_shape([prompt_tokens, prompt_mask],
+                            custom_message="sample: prompt_tokens and prompt_mask must both be [N, P]")
+    chex.assert_type(prompt_tokens, int, custom_message="sample: prompt_tokens must be integer token ids")
+
+
 def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_ids, *,
             max_new_tokens: int, top_k: int, top_p: float, prompt_sharding):
+    _check_prompts(prompt_tokens, prompt_mask)  # at trace time, for `sample` and `sample_traced` alike
     n, p = prompt_tokens.shape
     t_max = max_new_tokens
 
@@ -175,6 +185,8 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
 
         *state, cache = jax.lax.while_loop(cond, body, (*state, cache))
     _, _, _, tokens, mask, logps = state
+    chex.assert_shape([tokens, mask, logps], (n, t_max))  # Rollout: [N, T] each
+    chex.assert_type([tokens, mask, logps], [jnp.int32, jnp.float32, jnp.float32])
     return Rollout(tokens=tokens, mask=mask, logps=logps)
 
 

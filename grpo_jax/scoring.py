@@ -14,6 +14,7 @@ attended to but never scored (the loss masks them), so all-ones keeps positions 
 hidden states are sliced to the T scored positions before the V-wide LM head matmul.
 Not jitted: these run inside the trainer's jitted step.
 """
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -24,6 +25,13 @@ from grpo_jax.losses import token_logps
 def completion_logits(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array,
                       prompt_mask: jax.Array, completion_tokens: jax.Array) -> jax.Array:
     """f32[N, T, V]: the logits that score each completion token i32[N, T] (module docstring)."""
+    # Shapes only (trace time, nothing in the compiled program).
+    chex.assert_rank([prompt_tokens, completion_tokens], 2,
+                     custom_message="completion_logits: prompt_tokens [N, P] and completion_tokens [N, T]")
+    chex.assert_equal_shape([prompt_tokens, prompt_mask],
+                            custom_message="completion_logits: prompt_tokens and prompt_mask must both be [N, P]")
+    chex.assert_equal_shape_prefix([prompt_tokens, completion_tokens], 1,
+                                   custom_message="completion_logits: prompts and completions need the same N")
     p = prompt_tokens.shape[1]
     tokens = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)], axis=1)  # [N, P+T]
     mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.ones(completion_tokens.shape, jnp.int32)],

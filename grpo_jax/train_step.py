@@ -33,6 +33,7 @@ over ("data", "fsdp") on its leading dimension.
 
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -82,6 +83,23 @@ def make_optimizer(*, learning_rate, max_grad_norm=1.0, b1=0.9, b2=0.99, weight_
         lr = learning_rate
     adam = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam) if max_grad_norm > 0 else adam
+
+
+def _check_batch(batch: Batch) -> None:
+    """Batch fields consistent with each other. Shapes and dtypes only: runs while tracing, adds
+    nothing to the compiled program (a mismatched N would otherwise surface deep in the split)."""
+    chex.assert_rank([batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens, batch.completion_mask,
+                      batch.advantages], [2, 2, 2, 2, 1],
+                     custom_message="Batch: prompt_tokens, prompt_mask [N, P]; completion_tokens, "
+                                    "completion_mask [N, T]; advantages [N]")
+    chex.assert_equal_shape([batch.prompt_tokens, batch.prompt_mask],
+                            custom_message="Batch: prompt_tokens and prompt_mask must both be [N, P]")
+    chex.assert_equal_shape([batch.completion_tokens, batch.completion_mask],
+                            custom_message="Batch: completion_tokens and completion_mask must both be [N, T]")
+    chex.assert_equal_shape_prefix(list(batch), 1, custom_message="Batch: every field needs the same N rows "
+                                   "(prompt_tokens, prompt_mask, completion_tokens, completion_mask, advantages)")
+    chex.assert_type([batch.prompt_tokens, batch.completion_tokens, batch.advantages], [int, int, float],
+                     custom_message="Batch: integer prompt/completion tokens, floating-point advantages")
 
 
 def _entropy(logits, temperature, mask):
@@ -138,6 +156,7 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
                     "ratio_mean", "entropy", "ratio_max")
 
     def step(state: TrainState, ref_params, batch: Batch, hp: HParams):
+        _check_batch(batch)
         n = batch.advantages.shape[0]
         if n % (K * M):
             raise ValueError(f"batch of {n} rows is not divisible by train.steps_per_generation * "

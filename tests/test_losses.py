@@ -7,10 +7,12 @@ The hand example (N = 2 rows, T = 2 tokens, epsilon = 0.2):
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,56 +25,84 @@ ADV = np.array([1.0, -1.0], np.float32)
 MASK = np.array([[1, 1], [1, 0]], np.float32)
 
 
+class TestHandExample(chex.TestCase):
+    """The hand example, each case run both through jax.jit and eagerly (chex.variants)."""
+
+    def loss_of(self, ref_logps=None, **kw):
+        # Everything but the arrays is closed over: static under jit, as in the trainer.
+        fn = self.variant(lambda lp, old, ref, adv, mask: grpo_loss(lp, old, ref, adv, mask, **kw))
+        loss, metrics = fn(LOGPS, OLD, ref_logps, ADV, MASK)
+        return float(loss), {k: float(v) for k, v in metrics.items()}
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(
+        ("grpo", "grpo", {}, -((1.2 + 0.9) / 2 + -0.8) / 2),      # mean over rows of row means = 0.125
+        ("bnpo", "bnpo", {}, -(1.2 + 0.9 - 0.8) / 3),             # token mean over the batch
+        ("dr_grpo", "dr_grpo", {}, -(1.2 + 0.9 - 0.8) / (2 * 2)),  # / (N * T)
+        ("dr_grpo_max_len", "dr_grpo", {"max_completion_length": 4}, -(1.2 + 0.9 - 0.8) / (2 * 4)),
+    )
+    def test_aggregations_hand_computed(self, loss_type, kw, expected):
+        loss, metrics = self.loss_of(beta=0.0, loss_type=loss_type, **kw)
+        assert loss == pytest.approx(expected, abs=1e-6)
+        # Clipped: row 0 token 0 (1.5 > 1.2, A > 0) and row 1 token 0 (0.5 < 0.8, A < 0); 3 tokens.
+        assert metrics["clip_fraction"] == pytest.approx(2 / 3)
+        assert metrics["clip_fraction_high"] == pytest.approx(1 / 3)
+        assert metrics["clip_fraction_low"] == pytest.approx(1 / 3)
+        assert metrics["ratio_mean"] == pytest.approx((1.5 + 0.9 + 0.5) / 3, rel=1e-6)
+        assert metrics["kl"] == 0.0
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_clip_higher(self):
+        # epsilon_high = 0.6 lets ratio 1.5 through for A > 0; the low side is unchanged.
+        loss, metrics = self.loss_of(beta=0.0, epsilon_high=0.6)
+        assert loss == pytest.approx(-((1.5 + 0.9) / 2 - 0.8) / 2, abs=1e-6)
+        assert metrics["clip_fraction"] == pytest.approx(1 / 3)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_kl_term_hand_computed(self):
+        # ref - logps = [ln 2, 0] on row 0 -> k3 = [1 - ln 2, 0]; row 1 k3 = 0 on its real token and a
+        # huge value on the masked one, which must not leak into loss or metric.
+        ref = LOGPS + np.array([[math.log(2.0), 0.0], [0.0, 5.0]], np.float32)
+        k = 1 - math.log(2.0)
+        loss, metrics = self.loss_of(beta=0.1, ref_logps=ref)
+        assert loss == pytest.approx(-(((1.2 - 0.1 * k) + 0.9) / 2 - 0.8) / 2, abs=1e-6)
+        assert metrics["kl"] == pytest.approx(k / 3, rel=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gspo_sequence_ratio(self):
+        # Row 0: exp(mean(ln 1.5, ln 0.9)) = sqrt(1.35), inside [0.8, 1.2]; row 1 (one real token):
+        # 0.5 -> clipped to 0.8 with A < 0 -> -0.8. The masked token's ratio 2.0 must be ignored.
+        loss, metrics = self.loss_of(beta=0.0, importance_level="sequence")
+        assert loss == pytest.approx(-(math.sqrt(1.35) - 0.8) / 2, abs=1e-6)
+        assert metrics["clip_fraction"] == pytest.approx(1 / 3)
+        # GSPO's published clip range (3e-4, 4e-4): both rows clipped.
+        loss, _ = self.loss_of(beta=0.0, importance_level="sequence", epsilon=3e-4, epsilon_high=4e-4)
+        assert loss == pytest.approx(-(1.0004 - 0.9997) / 2, abs=1e-6)
+
+    # --- the boundary assertions: shapes and dtypes, checked while tracing (jit or not) ----------
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(
+        # Today a [N, 1] advantage broadcasts silently to [N, N, T]; a wrong N or T fails deep inside.
+        ("advantages_wrong_length", dict(adv=ADV[:1]), r"\(1,\) but expected \(2\).*advantages must be \[N\]"),
+        ("advantages_column", dict(adv=ADV[:, None]), r"\(2, 1\) but expected \(2\)"),
+        ("mask_wrong_t", dict(mask=np.ones((2, 3), np.float32)), r"\[\(2, 2\), \(2, 2\), \(2, 3\)\]"),
+        ("ref_wrong_t", dict(ref=np.zeros((2, 3), np.float32)), r"logps, old_logps, ref_logps, mask must all be"),
+        ("old_wrong_n", dict(old=OLD[:1]), r"\[\(2, 2\), \(1, 2\), \(2, 2\)\]"),
+        ("integer_advantages", dict(adv=np.array([1, -1], np.int32)), r"must be floating point"),
+    )
+    def test_wrong_shapes_fail_at_the_boundary(self, bad, match):
+        args = dict(lp=LOGPS, old=OLD, ref=None, adv=ADV, mask=MASK) | bad
+        fn = self.variant(lambda lp, old, ref, adv, mask: grpo_loss(lp, old, ref, adv, mask, beta=0.04))
+        with pytest.raises(AssertionError, match=match):
+            fn(**args)
+
+
 def loss_of(**kw):
     ref = kw.pop("ref_logps", None)
     loss, metrics = grpo_loss(jnp.asarray(LOGPS), jnp.asarray(OLD), ref, jnp.asarray(ADV),
                               jnp.asarray(MASK), **kw)
     return float(loss), {k: float(v) for k, v in metrics.items()}
-
-
-@pytest.mark.parametrize("loss_type, kw, expected", [
-    ("grpo", {}, -((1.2 + 0.9) / 2 + -0.8) / 2),          # mean over rows of row means = 0.125
-    ("bnpo", {}, -(1.2 + 0.9 - 0.8) / 3),                 # token mean over the batch
-    ("dr_grpo", {}, -(1.2 + 0.9 - 0.8) / (2 * 2)),        # / (N * T)
-    ("dr_grpo", {"max_completion_length": 4}, -(1.2 + 0.9 - 0.8) / (2 * 4)),
-])
-def test_aggregations_hand_computed(loss_type, kw, expected):
-    loss, metrics = loss_of(beta=0.0, loss_type=loss_type, **kw)
-    assert loss == pytest.approx(expected, abs=1e-6)
-    # Clipped: row 0 token 0 (1.5 > 1.2, A > 0) and row 1 token 0 (0.5 < 0.8, A < 0); 3 tokens.
-    assert metrics["clip_fraction"] == pytest.approx(2 / 3)
-    assert metrics["clip_fraction_high"] == pytest.approx(1 / 3)
-    assert metrics["clip_fraction_low"] == pytest.approx(1 / 3)
-    assert metrics["ratio_mean"] == pytest.approx((1.5 + 0.9 + 0.5) / 3, rel=1e-6)
-    assert metrics["kl"] == 0.0
-
-
-def test_clip_higher():
-    # epsilon_high = 0.6 lets ratio 1.5 through for A > 0; the low side is unchanged.
-    loss, metrics = loss_of(beta=0.0, epsilon_high=0.6)
-    assert loss == pytest.approx(-((1.5 + 0.9) / 2 - 0.8) / 2, abs=1e-6)
-    assert metrics["clip_fraction"] == pytest.approx(1 / 3)
-
-
-def test_kl_term_hand_computed():
-    # ref - logps = [ln 2, 0] on row 0 -> k3 = [1 - ln 2, 0]; row 1 k3 = 0 on its real token and a
-    # huge value on the masked one, which must not leak into loss or metric.
-    ref = LOGPS + np.array([[math.log(2.0), 0.0], [0.0, 5.0]], np.float32)
-    k = 1 - math.log(2.0)
-    loss, metrics = loss_of(beta=0.1, ref_logps=jnp.asarray(ref))
-    assert loss == pytest.approx(-(((1.2 - 0.1 * k) + 0.9) / 2 - 0.8) / 2, abs=1e-6)
-    assert metrics["kl"] == pytest.approx(k / 3, rel=1e-5)
-
-
-def test_gspo_sequence_ratio():
-    # Row 0: exp(mean(ln 1.5, ln 0.9)) = sqrt(1.35), inside [0.8, 1.2]; row 1 (one real token):
-    # 0.5 -> clipped to 0.8 with A < 0 -> -0.8. The masked token's ratio 2.0 must be ignored.
-    loss, metrics = loss_of(beta=0.0, importance_level="sequence")
-    assert loss == pytest.approx(-(math.sqrt(1.35) - 0.8) / 2, abs=1e-6)
-    assert metrics["clip_fraction"] == pytest.approx(1 / 3)
-    # GSPO's published clip range (3e-4, 4e-4): both rows clipped.
-    loss, _ = loss_of(beta=0.0, importance_level="sequence", epsilon=3e-4, epsilon_high=4e-4)
-    assert loss == pytest.approx(-(1.0004 - 0.9997) / 2, abs=1e-6)
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
@@ -163,6 +193,14 @@ def test_token_logps_hand_computed():
     # Temperature 0 (greedy sampling) is scored at temperature 1.
     np.testing.assert_allclose(token_logps(logits, jnp.array([0]), temperature=0.0), [math.log(0.5)],
                                rtol=1e-6)
+
+
+def test_token_logps_logits_must_be_tokens_shape_plus_vocab():
+    # Today [3, V] logits against [2] tokens fail inside take_along_axis with a broadcasting error.
+    with pytest.raises(AssertionError, match=r"\[\(3,\), \(2,\)\].*tokens' shape \+ \(V,\)"):
+        token_logps(jnp.zeros((3, 5)), jnp.zeros((2,), jnp.int32))
+    with pytest.raises(AssertionError, match=r"rank 1 \(shape \(5,\)\) but expected 2"):
+        token_logps(jnp.zeros((5,)), jnp.zeros((2,), jnp.int32))
 
 
 def test_bad_switches_raise():

@@ -260,3 +260,24 @@ def test_bad_arguments():
         sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(0), max_new_tokens=T, eos_id=1, top_p=0.0)
     with pytest.raises(ValueError, match="eos_id"):
         sampling.sample(CFG, PARAMS, prompt, mask, jax.random.key(0), max_new_tokens=T, eos_id=())
+
+
+def _sample_traced_jit(prompt, mask, key, **kwargs):
+    """sample_traced inside the caller's own jit, as the sweep uses it."""
+    return jax.jit(lambda p, m, k: sampling.sample_traced(CFG, PARAMS, p, m, k, **kwargs))(prompt, mask, key)
+
+
+@pytest.mark.parametrize("sample_fn", [
+    lambda p, m, k, **kw: sampling.sample(CFG, PARAMS, p, m, k, **kw), _sample_traced_jit],
+    ids=["sample", "sample_traced"])
+@pytest.mark.parametrize("bad, match", [
+    # Today these fail deep inside prefill / the KV cache with a broadcasting or concatenate error.
+    (lambda p, m: (p, m[:, 1:]), r"\[\(8, 6\), \(8, 5\)\].*prompt_tokens and prompt_mask must both be \[N, P\]"),
+    (lambda p, m: (p, m[:4]), r"\[\(8, 6\), \(4, 6\)\].*prompt_tokens and prompt_mask must both be \[N, P\]"),
+    (lambda p, m: (p[0], m[0]), r"rank 1 \(shape \(6,\)\) but expected 2.*prompt_tokens must be \[N, P\]"),
+    (lambda p, m: (p.astype(jnp.float32), m), r"float32.*prompt_tokens must be integer token ids"),
+], ids=["mask_other_p", "mask_other_n", "unbatched", "float_tokens"])
+def test_prompt_shapes_are_checked_at_the_boundary(sample_fn, bad, match):
+    prompt, mask = bad(*_prompts())
+    with pytest.raises(AssertionError, match=match):
+        sample_fn(prompt, mask, jax.random.key(0), max_new_tokens=T, eos_id=NO_EOS, temperature=1.0)

@@ -3,6 +3,7 @@ arithmetic task, sharded == single device, determinism."""
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,8 +157,7 @@ def test_sharded_4x2_equals_single_device():
     assert set(m1) == {"loss", "token_accuracy", "num_tokens", "grad_norm"}
     for k in m1:
         np.testing.assert_allclose(m1[k], m8[k], atol=1e-4, err_msg=k)
-    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+    chex.assert_trees_all_close(s1.params, s8.params, atol=1e-4, rtol=1e-7)
     assert int(s8.step) == 1
     emb = s8.params["embed_tokens"]["embedding"]
     assert emb.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")  # [V, D]: D = 64 divides
@@ -204,8 +204,7 @@ def test_run_sft_is_deterministic_and_reads_example_fn_by_index():
     assert seen == list(range(48))  # batch i reads indices [16 i, 16 i + 16)
     assert logged == [2, 3]  # every log_every steps, and the last one
     _, b = train(mesh, steps=3)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(a, b)
     # Control: training moved every weight matrix; the caller's params were not consumed.
     for x, y in zip(jax.tree.leaves(init), jax.tree.leaves(a)):
         if x.ndim == 2:

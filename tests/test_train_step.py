@@ -1,5 +1,6 @@
 """The jitted GRPO step: sharded == single device, accumulation is exact, mu semantics, no recompiles."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,11 +50,6 @@ def mesh_of(data, fsdp):
     return sharding.make_mesh(data=data, fsdp=fsdp, devices=jax.devices()[: data * fsdp])
 
 
-def assert_trees_close(a, b, atol):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol)
-
-
 def test_sharded_4x2_equals_single_device():
     s1, m1, _ = run(mesh_of(1, 1), steps=2)
     s8, m8, _ = run(mesh_of(4, 2), steps=2)
@@ -61,7 +57,7 @@ def test_sharded_4x2_equals_single_device():
         for k in a:
             np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=k)
     # Adam at lr 1e-2 turns reduction-order noise (~1e-7) into ~1e-5 parameter differences.
-    assert_trees_close(s1.params, s8.params, 1e-4)
+    chex.assert_trees_all_close(s1.params, s8.params, atol=1e-4, rtol=1e-7)
     # Params and Adam moments really are sharded over fsdp.
     emb = s8.params["embed_tokens"]["embedding"]
     assert emb.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
@@ -78,7 +74,7 @@ def test_gradient_accumulation_is_exact(loss_type):
     s4, m4, _ = run(mesh, loss_type=loss_type, num_minibatches=4, opt=optax.sgd(1.0))
     for k in ("loss", "kl", "entropy", "grad_norm", "clip_fraction"):
         np.testing.assert_allclose(m1[0][k], m4[0][k], rtol=1e-5, atol=1e-6, err_msg=k)
-    assert_trees_close(s1.params, s4.params, 1e-6)
+    chex.assert_trees_all_close(s1.params, s4.params, atol=1e-6, rtol=1e-7)
 
 
 def test_on_policy_first_iteration_ratio_is_exactly_one():
@@ -187,7 +183,7 @@ def test_steps_per_generation_equals_k_hand_written_updates(K, loss_type):
     ref = sharding.init_params_sharded(CFG, jax.random.key(1), mesh)
     want = _manual_updates(params, make_batch(), opt, K=K, ref=ref, loss_type=loss_type)
     state, _, _ = run(mesh, opt=opt, steps_per_generation=K, loss_type=loss_type)
-    assert_trees_close(state.params, want, 2e-5)
+    chex.assert_trees_all_close(state.params, want, atol=2e-5, rtol=1e-7)
 
 
 def test_steps_per_generation_goes_off_policy_and_clips():
@@ -209,3 +205,54 @@ def test_steps_per_generation_sharded_equals_single_device():
 def test_steps_per_generation_must_divide_the_batch():
     with pytest.raises(ValueError, match="steps_per_generation"):
         run(mesh_of(1, 1), steps_per_generation=3)
+
+
+# --- the boundary assertions: Batch fields consistent, checked while tracing ------------------------
+
+
+# kind -> (how the batch is broken, what the message must say). Today every one of these reaches the
+# loss: a deep broadcasting / reshape error naming no field, or (advantages [N, 1]) silent broadcasting.
+BAD_BATCHES = {
+    "advantages_n": (lambda b: b._replace(advantages=b.advantages[:-1]),
+                     r"\[\(16,\), \(16,\), \(16,\), \(16,\), \(15,\)\].*every field needs the same N rows"),
+    "completions_n": (lambda b: b._replace(completion_tokens=b.completion_tokens[:8],
+                                           completion_mask=b.completion_mask[:8]),
+                      r"\[\(16,\), \(16,\), \(8,\), \(8,\), \(16,\)\].*every field needs the same N rows"),
+    "completion_mask_t": (lambda b: b._replace(completion_mask=b.completion_mask[:, :-1]),
+                          r"\[\(16, 5\), \(16, 4\)\].*completion_tokens and completion_mask must both be"),
+    "prompt_mask_p": (lambda b: b._replace(prompt_mask=b.prompt_mask[:, 1:]),
+                      r"\[\(16, 6\), \(16, 5\)\].*prompt_tokens and prompt_mask must both be"),
+    "advantages_column": (lambda b: b._replace(advantages=b.advantages[:, None]),
+                          r"input 4 has rank 2 \(shape \(16, 1\)\) but expected 1"),
+    "float_tokens": (lambda b: b._replace(completion_tokens=b.completion_tokens.astype(jnp.float32)),
+                     r"float32.*integer prompt/completion tokens"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_BATCHES))
+def test_mismatched_batch_fails_at_the_boundary(kind):
+    # The check runs while tracing: jax.eval_shape traces jit(step) without compiling or running it.
+    breaks, match = BAD_BATCHES[kind]
+    opt = ts.make_optimizer(learning_rate=1e-3)
+    params = jax.eval_shape(lambda k: model_lib.init_params(CFG, k), jax.random.key(0))
+    state = ts.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(opt.init, params))
+    step = jax.jit(ts.build_train_step(CFG, opt, use_reference=False))
+    hp = ts.make_hparams(epsilon=0.2, beta=0.0, temperature=1.0)
+    jax.eval_shape(step, state, None, make_batch(), hp)  # control: the well-formed batch traces
+    with pytest.raises(AssertionError, match=match):
+        jax.eval_shape(step, state, None, breaks(make_batch()), hp)
+
+
+def test_completion_logits_checks_prompt_and_completion_rows():
+    batch = make_batch()
+    params = jax.eval_shape(lambda k: model_lib.init_params(CFG, k), jax.random.key(0))
+
+    def logits(*args):  # traced only: the check needs shapes, not values
+        return jax.eval_shape(lambda p, *a: scoring.completion_logits(CFG, p, *a), params, *args)
+
+    assert logits(batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens).shape == (N, T, CFG.vocab_size)
+    # Today: a concatenate error naming neither argument.
+    with pytest.raises(AssertionError, match=r"\[\(16,\), \(8,\)\].*prompts and completions need the same N"):
+        logits(batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens[:8])
+    with pytest.raises(AssertionError, match=r"\[\(16, 6\), \(16, 5\)\].*prompt_tokens and prompt_mask"):
+        logits(batch.prompt_tokens, batch.prompt_mask[:, 1:], batch.completion_tokens)
