@@ -6,6 +6,7 @@
     prompts     tasks.fit_prompts           (those too long for sampling.max_prompt_length, dropped)
     verifiers   rewards.from_config         (rewards.weights, by name)
     model       weights.from_config         (a checkpoint, or a seeded random init)
+    optimizer   train_step.optimizer_from_config
 
 `setup` runs them in that order, so data and config errors come before any model work. The
 training program (`grpo_jax.train`), the evaluation program (`grpo_jax.evaluate`) and the notebooks
@@ -56,16 +57,6 @@ def make_put(mesh) -> Callable:
     return put
 
 
-def make_optimizer(c: cfg_lib.Config):
-    """The GRPO optimizer from the `optim` section (schedules count every optimizer update:
-    train.steps * grpo.num_iterations * train.steps_per_generation)."""
-    return ts.make_optimizer(
-        learning_rate=c.optim.learning_rate, max_grad_norm=c.optim.max_grad_norm, b1=c.optim.b1,
-        b2=c.optim.b2, weight_decay=c.optim.weight_decay, warmup_steps=c.optim.warmup_steps,
-        schedule=c.optim.schedule,
-        total_steps=c.train.steps * c.grpo.num_iterations * c.train.steps_per_generation)
-
-
 def reference_params(model_config: model_lib.ModelConfig, params):
     """The frozen reference policy: a copy of `params` stored in the compute dtype (it is only ever
     read by forwards that cast to that dtype anyway, so this changes no number)."""
@@ -97,7 +88,7 @@ def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False) -> Setup:
     if for_eval and ckpt_dir.exists():
         with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
             if ckpt.latest_step() is not None:
-                target = checkpoint_tree(config, ts.init_state(params, make_optimizer(config), mesh),
+                target = checkpoint_tree(config, ts.init_state(params, ts.optimizer_from_config(config), mesh),
                                          reference_params(model_config, params))
                 restored, _ = ckpt.restore(ckpt_lib.abstract_like(target))
                 params, step = restored["train"].params, ckpt.latest_step()

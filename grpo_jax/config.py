@@ -32,10 +32,7 @@ from grpo_jax.rewards import STYLES as PROMPT_STYLES
 from grpo_jax.tasks import BUILTIN_TASKS, SOURCES
 from grpo_jax.tasks.arithmetic import WORKINGS
 from grpo_jax.tasks.records import ANSWER_FORMATS
-
-SCHEDULES = ("constant", "cosine")
-
-
+from grpo_jax.train_step import SCHEDULES
 
 
 @dataclasses.dataclass(slots=True)

@@ -72,7 +72,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         os.replace(tmp, workdir / "config.json")
     g = c.grpo
     use_reference = g.beta > 0
-    optimizer = build.make_optimizer(c)
+    optimizer = ts.optimizer_from_config(c)
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=c.train.max_checkpoints)
     start = ckpt.latest_step()
     fresh = start is None

@@ -44,6 +44,9 @@ from grpo_jax import sharding
 from grpo_jax.scoring import completion_logits  # the one scoring function, shared with SFT
 
 
+SCHEDULES = ("constant", "cosine")  # learning-rate schedules (optim.schedule)
+
+
 class TrainState(NamedTuple):
     step: jax.Array  # i32[]
     params: Any  # model params pytree (model.py layout)
@@ -74,6 +77,8 @@ def make_hparams(*, epsilon, epsilon_high=None, beta, temperature) -> HParams:
 def make_optimizer(*, learning_rate, max_grad_norm=1.0, b1=0.9, b2=0.99, weight_decay=0.0,
                    warmup_steps=0, schedule="constant", total_steps=1) -> optax.GradientTransformation:
     """AdamW behind clip-by-global-norm (on by default: without it the quick start collapses)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
                                                 max(total_steps, warmup_steps + 1))
@@ -100,6 +105,16 @@ def _check_batch(batch: Batch) -> None:
                                    "(prompt_tokens, prompt_mask, completion_tokens, completion_mask, advantages)")
     chex.assert_type([batch.prompt_tokens, batch.completion_tokens, batch.advantages], [int, int, float],
                      custom_message="Batch: integer prompt/completion tokens, floating-point advantages")
+
+
+def optimizer_from_config(config) -> optax.GradientTransformation:
+    """The GRPO optimizer from the `optim` section. Schedules count every optimizer update:
+    train.steps * grpo.num_iterations * train.steps_per_generation."""
+    o = config.optim
+    return make_optimizer(
+        learning_rate=o.learning_rate, max_grad_norm=o.max_grad_norm, b1=o.b1, b2=o.b2,
+        weight_decay=o.weight_decay, warmup_steps=o.warmup_steps, schedule=o.schedule,
+        total_steps=config.train.steps * config.grpo.num_iterations * config.train.steps_per_generation)
 
 
 def _entropy(logits, temperature, mask):
