@@ -1,16 +1,24 @@
-"""Decoder-only transformer of the Llama / Qwen2 / SmolLM family, as pure functions on a dict of arrays.
+"""Decoder-only transformer of the Llama 2/3 / Qwen2 / Qwen3 / SmolLM2 family, as pure functions on a
+dict of arrays.
 
     h_0     = embed_tokens[tokens]
     a_l     = h_l + o_proj(Attention(RoPE(q_proj(n)), RoPE(k_proj(n)), v_proj(n))),  n = RMSNorm(h_l)
+              (Qwen3, qk_norm=True: RoPE(RMSNorm_hd(q_proj(n))), RoPE(RMSNorm_hd(k_proj(n))))
     h_{l+1} = a_l + down_proj(silu(gate_proj(m)) * up_proj(m)),                       m = RMSNorm(a_l)
     logits  = RMSNorm(h_L) @ lm_head          (lm_head = embed_tokens.T when tie_embeddings)
 
 - RMSNorm: x * rsqrt(mean(x^2) + eps) * scale, computed in f32 and cast back to the compute dtype.
 - RoPE: Hugging Face "rotate_half" convention (the two halves of head_dim are the (re, im) pairs,
   NOT interleaved pairs), inv_freq_i = rope_theta^(-2i / head_dim), angles computed in f32.
+  Llama 3.x (rope_scaling=RopeScaling(...), HF rope_type "llama3"): with wavelength w_i = 2 pi / inv_freq_i,
+  L = original_max_position_embeddings, inv_freq_i is kept where w_i < L / high_freq_factor, divided by
+  `factor` where w_i > L / low_freq_factor, and in between interpolated as (1 - s) inv_freq_i / factor +
+  s inv_freq_i, s = (L / w_i - low_freq_factor) / (high_freq_factor - low_freq_factor).
+- Qwen3 (qk_norm=True): after q_proj / k_proj and BEFORE RoPE, each head's query and key vector is
+  RMS-normalised over head_dim with its own scale (q_norm / k_norm, [head_dim], shared by the heads).
 - GQA: num_heads query heads share num_kv_heads key/value heads (groups of num_heads // num_kv_heads
   consecutive query heads, as in HF's repeat_kv).
-- Optional q/k/v bias (Qwen2: attention_bias=True); o_proj never has a bias.
+- Optional q/k/v bias (Qwen2: attention_bias=True; Qwen3 and Llama have none); o_proj never has a bias.
 - Two dtypes, as Flax's param_dtype / dtype and MaxText's weight_dtype / dtype:
     param_dtype ("float32" default, or "bfloat16"): the dtype params are created, stored, loaded in
         and optimised in (so also the Adam moments). Keep it f32 for training: one Adam step at lr
@@ -37,7 +45,8 @@ PARAM LAYOUT (a plain nested dict; kernels stored [in, out], i.e. HF's Linear we
          "self_attn": {"q_proj": {"kernel": [D, H*hd], "bias": [H*hd]},   # bias only if attention_bias
                        "k_proj": {"kernel": [D, KV*hd], "bias": [KV*hd]},
                        "v_proj": {"kernel": [D, KV*hd], "bias": [KV*hd]},
-                       "o_proj": {"kernel": [H*hd, D]}},
+                       "o_proj": {"kernel": [H*hd, D]},
+                       "q_norm": {"scale": [hd]}, "k_norm": {"scale": [hd]}},      # only if qk_norm
          "post_attention_layernorm": {"scale": [D]},
          "mlp": {"gate_proj": {"kernel": [D, I]}, "up_proj": {"kernel": [D, I]},
                  "down_proj": {"kernel": [I, D]}}}, ... ],
@@ -71,11 +80,38 @@ decode on CPU than stacked layers under lax.scan (ENVIRONMENT.md), because each 
 stays an in-place dynamic_update_slice.
 """
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
 DTYPES = ("float32", "bfloat16")  # the dtypes params and compute may take
+ROPE_SCALING_TYPES = ("llama3",)  # the RoPE scaling types the model implements (HF rope_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.x RoPE frequency scaling (Hugging Face rope_type "llama3"); see the module docstring.
+
+    Frozen (hashable), like ModelConfig that holds it. Llama 3.1 / 3.3 use factor 8, Llama 3.2 1B / 3B
+    factor 32; all low_freq_factor 1, high_freq_factor 4, original_max_position_embeddings 8192.
+    """
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+    rope_type: str = "llama3"
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_SCALING_TYPES:
+            raise ValueError(f"rope_scaling.rope_type={self.rope_type!r}: expected one of {ROPE_SCALING_TYPES}")
+        if not self.high_freq_factor > self.low_freq_factor > 0:
+            raise ValueError(f"rope_scaling: need high_freq_factor={self.high_freq_factor} > "
+                             f"low_freq_factor={self.low_freq_factor} > 0")
+        if not self.factor > 0 or not self.original_max_position_embeddings > 0:
+            raise ValueError(f"rope_scaling: factor={self.factor} and original_max_position_embeddings="
+                             f"{self.original_max_position_embeddings} must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,14 +126,20 @@ class ModelConfig:
     head_dim: int
     intermediate_size: int
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE; Llama 3.x: RopeScaling (a dict is converted)
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False  # q/k/v biases (Qwen2)
+    qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
     max_position_embeddings: int = 2048
     dtype: str = "float32"  # compute (matmul, activation, KV cache) dtype: "float32" or "bfloat16"
     param_dtype: str = "float32"  # stored / optimised weight dtype: "float32" or "bfloat16"
 
     def __post_init__(self):
+        if isinstance(self.rope_scaling, dict):  # e.g. from JSON or dataclasses.asdict: keep it hashable
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ValueError(f"rope_scaling={self.rope_scaling!r}: expected None, a RopeScaling or a dict")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
@@ -112,7 +154,7 @@ class ModelConfig:
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
     """Random params in the layout above, in config.param_dtype: normal(0.02) kernels/embeddings, zero
-    biases, unit norm scales."""
+    biases, unit norm scales (q_norm / k_norm too, when qk_norm)."""
     dtype = jnp.dtype(config.param_dtype)
     d, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
     q_out, kv_out = config.num_heads * hd, config.num_kv_heads * hd
@@ -131,14 +173,18 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
     for lk in layer_keys:
         kq, kk, kv, ko, kg, ku, kd = jax.random.split(lk, 7)
         bias = config.attention_bias
+        self_attn = {
+            "q_proj": linear(kq, d, q_out, bias),
+            "k_proj": linear(kk, d, kv_out, bias),
+            "v_proj": linear(kv, d, kv_out, bias),
+            "o_proj": linear(ko, q_out, d),
+        }
+        if config.qk_norm:
+            self_attn["q_norm"] = {"scale": jnp.ones((hd,), dtype)}
+            self_attn["k_norm"] = {"scale": jnp.ones((hd,), dtype)}
         layers.append({
             "input_layernorm": {"scale": jnp.ones((d,), dtype)},
-            "self_attn": {
-                "q_proj": linear(kq, d, q_out, bias),
-                "k_proj": linear(kk, d, kv_out, bias),
-                "v_proj": linear(kv, d, kv_out, bias),
-                "o_proj": linear(ko, q_out, d),
-            },
+            "self_attn": self_attn,
             "post_attention_layernorm": {"scale": jnp.ones((d,), dtype)},
             "mlp": {
                 "gate_proj": linear(kg, d, inter),
@@ -179,10 +225,34 @@ def rms_norm(x: jax.Array, scale: jax.Array, *, eps: float) -> jax.Array:
     return (normed * _cast(scale, x.dtype).astype(jnp.float32)).astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
-    """Rotary embedding, HF rotate_half convention: x [B, L, heads, hd], positions [B, L] -> same shape."""
-    hd = x.shape[-1]
+def rope_inv_freq(head_dim: int, *, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
+    """RoPE inverse frequencies f32[head_dim / 2]: theta^(-2i / head_dim), then Llama 3.x scaling if given.
+
+    The scaling follows transformers' `_compute_llama3_parameters` op for op, in f32 as there.
+    """
+    hd = head_dim
     inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))  # [hd/2]
+    if scaling is None:
+        return inv_freq
+    factor, low, high = scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor
+    old_len = scaling.original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths (> old_len / low: never completed a turn in pretraining) are slowed by `factor`;
+    # short ones (< old_len / high) kept; the band between is blended smoothly in 1 / wavelength.
+    scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def rope(x: jax.Array, positions: jax.Array, *, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
+    """Rotary embedding, HF rotate_half convention: x [B, L, heads, hd], positions [B, L] -> same shape.
+
+    `scaling` (config.rope_scaling): Llama 3.x frequency scaling, see `rope_inv_freq`.
+    """
+    hd = x.shape[-1]
+    inv_freq = rope_inv_freq(hd, theta=theta, scaling=scaling)  # [hd/2]
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, hd/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, L, 1, hd]
     x32 = x.astype(jnp.float32)
@@ -269,8 +339,11 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
     q = _linear(attn["q_proj"], n, dtype).reshape(b, l, config.num_heads, hd)  # [B, L, H*hd] -> [B, L, H, hd]
     k = _linear(attn["k_proj"], n, dtype).reshape(b, l, config.num_kv_heads, hd)
     v = _linear(attn["v_proj"], n, dtype).reshape(b, l, config.num_kv_heads, hd)
-    q = rope(q, positions, theta=config.rope_theta)
-    k = rope(k, positions, theta=config.rope_theta)
+    if config.qk_norm:  # Qwen3: each head's q / k RMS-normalised over hd, before RoPE (as HF does)
+        q = rms_norm(q, attn["q_norm"]["scale"], eps=config.rms_norm_eps)
+        k = rms_norm(k, attn["k_norm"]["scale"], eps=config.rms_norm_eps)
+    q = rope(q, positions, theta=config.rope_theta, scaling=config.rope_scaling)
+    k = rope(k, positions, theta=config.rope_theta, scaling=config.rope_scaling)
     v = v.transpose(0, 2, 1, 3)  # [B, L, KV, hd] -> [B, KV, L, hd]
     if layer_cache is None:
         k = k.transpose(0, 2, 1, 3)  # [B, KV, L, hd]

@@ -3,6 +3,11 @@
 The param layout is the one `grpo_jax.model` documents. Names map one to one, by rule:
     params path ("layers", 3, "self_attn", "q_proj", "kernel")  <->  HF "model.layers.3.self_attn.q_proj.weight"
     ("lm_head", "kernel") <-> "lm_head.weight" (no "model." prefix); kernel / scale / embedding <-> weight.
+    Qwen3's per-head norms: ("layers", 3, "self_attn", "q_norm", "scale")
+    <-> "model.layers.3.self_attn.q_norm.weight".
+Families (config.json model_type -> ModelConfig): "llama" (Llama 2/3.x, SmolLM2: no biases), "qwen2"
+(Qwen2 / Qwen2.5: attention_bias), "qwen3" (qk_norm, explicit head_dim). RoPE: plain, or Llama 3.x's
+"llama3" scaling (read from rope_parameters, or the legacy rope_scaling key) -> ModelConfig.rope_scaling.
 Kernels are stored [in, out]: the transpose of torch's Linear.weight [out, in].
 
 Loading walks the abstract param tree of `model.init_params` (the single source of truth for names,
@@ -25,6 +30,7 @@ Quantised tensors are dequantised to f32 with `gguf.quants.dequantize`, whose ou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -40,7 +46,10 @@ from grpo_jax import model as model_lib
 from grpo_jax import sharding
 from grpo_jax.model import ModelConfig, init_params
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+# transformers' Qwen3Config class default, used when a qwen3 config.json has no head_dim (Qwen3's head_dim
+# is its own setting, not hidden_size / heads: Qwen3-0.6B has hidden 1024, 16 heads, head_dim 128).
+_QWEN3_HEAD_DIM = 128
 _SAFETENSORS = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 # Buffers some older checkpoints carry; recomputed by the model, so skipped when present.
@@ -125,40 +134,64 @@ def _config_from_hf(hf: dict, *, file: pathlib.Path, dtype: str, param_dtype: st
     def unsupported(what):
         raise ValueError(f"{file}: {what} is not implemented by grpo_jax.model ({model_type})")
 
-    # transformers 5 writes rope_parameters; older files rope_theta (+ rope_scaling).
-    rope = dict(hf.get("rope_parameters") or {})
+    # transformers 5 writes rope_parameters; older files rope_theta (+ rope_scaling). As transformers 5
+    # reads them (convert_rope_params_to_dict), a non-empty legacy rope_scaling replaces rope_parameters.
+    key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    rope = dict(hf.get(key) or {})
     rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    scaling = hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", scaling.get("rope_type", scaling.get("type", "default"))))
-    if rope_type != "default":
-        unsupported(f"RoPE scaling {rope_type!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default",) + model_lib.ROPE_SCALING_TYPES:
+        raise ValueError(f"{file}: RoPE scaling {rope_type!r} ({key}.rope_type) is not implemented by "
+                         f"grpo_jax.model; implemented: default, {', '.join(model_lib.ROPE_SCALING_TYPES)}")
+    rope_scaling = None
+    if rope_type == "llama3":
+        # original_max_position_embeddings as transformers' standardize_rope_params: a top-level key
+        # wins, then the one in the RoPE dict, then max_position_embeddings.
+        if hf.get("original_max_position_embeddings") is not None:
+            rope["original_max_position_embeddings"] = hf["original_max_position_embeddings"]
+        rope.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
+        fields = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        missing = [k for k in fields if rope.get(k) is None]
+        if missing:
+            raise ValueError(f"{file}: {key} (rope_type 'llama3') lacks {', '.join(missing)}")
+        try:
+            rope_scaling = model_lib.RopeScaling(
+                factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
+                high_freq_factor=float(rope["high_freq_factor"]),
+                original_max_position_embeddings=int(rope["original_max_position_embeddings"]))
+        except ValueError as e:
+            raise ValueError(f"{file}: {key}: {e}") from None
     if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         unsupported("partial_rotary_factor != 1")
     if hf.get("hidden_act", "silu") != "silu":
         unsupported(f"hidden_act {hf['hidden_act']!r}")
     if hf.get("mlp_bias"):
         unsupported("mlp_bias=true")
+    if model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+        unsupported("use_sliding_window=true")
     if model_type == "qwen2":
-        if hf.get("use_sliding_window"):
-            unsupported("use_sliding_window=true")
         attention_bias = True  # Qwen2 always has q/k/v biases; its config has no switch
     else:
         attention_bias = bool(hf.get("attention_bias", False))
         if attention_bias:
-            unsupported("attention_bias=true (Llama puts a bias on o_proj too)")
+            unsupported(f"attention_bias=true ({'Qwen3' if model_type == 'qwen3' else 'Llama'} puts a bias "
+                        "on o_proj too)")
     heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or (_QWEN3_HEAD_DIM if model_type == "qwen3" else hf["hidden_size"] // heads)
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
         num_layers=hf["num_hidden_layers"],
         num_heads=heads,
         num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        head_dim=head_dim,
         intermediate_size=hf["intermediate_size"],
         rope_theta=float(rope_theta),
+        rope_scaling=rope_scaling,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=attention_bias,
+        qk_norm=model_type == "qwen3",
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         dtype=dtype,
         param_dtype=param_dtype,
@@ -186,7 +219,7 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
 
 def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
             mesh=None) -> tuple[ModelConfig, dict]:
-    """Load a local Hugging Face Llama / Qwen2 directory -> (ModelConfig, params).
+    """Load a local Hugging Face Llama / Qwen2 / Qwen3 directory -> (ModelConfig, params).
 
     Params are cast to `param_dtype` (the stored / optimised dtype) and, when `mesh` is given, placed
     tensor by tensor with `sharding.param_shardings(mesh, ...)`; `dtype` is the compute dtype
@@ -249,11 +282,20 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float
     return config, params
 
 
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
 def _config_to_hf(config: ModelConfig) -> dict:
-    """ModelConfig -> config.json. attention_bias picks Qwen2 (q/k/v bias), otherwise Llama."""
-    model_type = "qwen2" if config.attention_bias else "llama"
+    """ModelConfig -> config.json. qk_norm picks Qwen3, attention_bias (q/k/v bias) Qwen2, neither Llama."""
+    if config.qk_norm and config.attention_bias:
+        raise ValueError("save_hf: qk_norm with attention_bias (q/k/v bias) has no transformers "
+                         "architecture (Qwen3's attention_bias also puts a bias on o_proj)")
+    model_type = "qwen3" if config.qk_norm else "qwen2" if config.attention_bias else "llama"
+    rope_parameters = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.rope_scaling is not None:
+        rope_parameters = {**dataclasses.asdict(config.rope_scaling), "rope_theta": config.rope_theta}
     hf = {
-        "architectures": ["Qwen2ForCausalLM" if model_type == "qwen2" else "LlamaForCausalLM"],
+        "architectures": [_ARCHITECTURES[model_type]],
         "model_type": model_type,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -267,16 +309,19 @@ def _config_to_hf(config: ModelConfig) -> dict:
         "rms_norm_eps": config.rms_norm_eps,
         # Both spellings: transformers 5 reads rope_parameters, older versions rope_theta.
         "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_parameters": rope_parameters,
         "tie_word_embeddings": config.tie_embeddings,
         "dtype": config.param_dtype,  # the weights as stored (not the compute dtype)
         "torch_dtype": config.param_dtype,
         "use_cache": True,
     }
-    if model_type == "qwen2":
+    if config.rope_scaling is not None:  # the legacy spelling too: transformers < 5 reads only this one
+        hf["rope_scaling"] = dict(rope_parameters)
+    if model_type in ("qwen2", "qwen3"):
         hf["use_sliding_window"] = False
-    else:
+    if model_type != "qwen2":
         hf["attention_bias"] = False
+    if model_type == "llama":
         hf["mlp_bias"] = False
     return hf
 
@@ -394,6 +439,11 @@ def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.flo
         found = tuple(int(d) for d in reversed(tensors[name].shape))
         if found != shape:
             raise ValueError(f"{path}: tensor {name} has shape {list(found)}, expected {list(shape)}")
+    if "rope_freqs.weight" in tensors:
+        # llama.cpp's converter turns Llama 3.x "llama3" RoPE scaling into per-frequency divisors in
+        # this tensor (the metadata keeps no scaling type): ignoring it would load silently wrong RoPE.
+        raise ValueError(f"{path}: tensor rope_freqs.weight (llama.cpp's Llama 3.x RoPE scaling) is not "
+                         "implemented by load_gguf; load the Hugging Face checkpoint with load_hf")
     for name in tensors:
         if name not in expected and not name.startswith("rope_"):
             raise ValueError(f"{path}: unexpected tensor {name}")

@@ -229,11 +229,14 @@ def test_missing_shard_listed_in_index(tmp_path):
 
 def test_unsupported_model_type_and_rope_scaling(llama_dir):
     _edit_config(llama_dir, model_type="gpt2")
-    with pytest.raises(ValueError, match=r"config\.json: unsupported model_type 'gpt2'; supported: llama, qwen2"):
+    with pytest.raises(ValueError, match=r"config\.json: unsupported model_type 'gpt2'; supported: llama, qwen2, "
+                                         r"qwen3"):
         weights.load_hf(llama_dir)
+    # llama3 scaling loads (tests/test_families.py); the other RoPE scalings are refused by name.
     _edit_config(llama_dir, model_type="llama",
-                 rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0})
-    with pytest.raises(ValueError, match=r"config\.json: RoPE scaling 'llama3' is not implemented"):
+                 rope_parameters={"rope_type": "yarn", "rope_theta": 500.0, "factor": 8.0})
+    with pytest.raises(ValueError, match=r"config\.json: RoPE scaling 'yarn' \(rope_parameters\.rope_type\) "
+                                         r"is not implemented by grpo_jax\.model; implemented: default, llama3"):
         weights.load_hf(llama_dir)
 
 
@@ -276,7 +279,7 @@ def _llama_cpp_permute(w, n_heads):
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _write_tiny_gguf(path, m, *, arch="llama", drop=(), replace=None):
+def _write_tiny_gguf(path, m, *, arch="llama", drop=(), replace=None, extra=None):
     """The torch Llama `m` as llama.cpp would convert it: permuted Q/K, Q8_0 matrices, F32 norms
     (and F32 down_proj, whose 80-wide rows do not split into Q8_0's blocks of 32)."""
     import gguf
@@ -321,6 +324,8 @@ def _write_tiny_gguf(path, m, *, arch="llama", drop=(), replace=None):
             writer.add_tensor(gname, q8, raw_shape=q8.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             writer.add_tensor(gname, w)
+    for gname, w in (extra or {}).items():
+        writer.add_tensor(gname, w)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -374,6 +379,12 @@ def test_load_gguf_bad_input(tiny_llama, tmp_path):
                             replace={"blk.0.attn_v.weight": np.zeros((32, 64), np.float32)})
     with pytest.raises(ValueError, match=r"shape\.gguf: tensor blk\.0\.attn_v\.weight has shape \[32, 64\], "
                                          r"expected \[8, 64\]"):
+        weights.load_gguf(path)
+    # llama.cpp writes Llama 3.x RoPE scaling as per-frequency divisors: refused, not silently dropped.
+    path = _write_tiny_gguf(tmp_path / "llama3.gguf", tiny_llama,
+                            extra={"rope_freqs.weight": np.ones(4, np.float32)})
+    with pytest.raises(ValueError, match=r"llama3\.gguf: tensor rope_freqs\.weight \(llama\.cpp's Llama 3\.x "
+                                         r"RoPE scaling\) is not implemented by load_gguf"):
         weights.load_gguf(path)
 
 
