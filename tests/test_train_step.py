@@ -56,11 +56,13 @@ def test_sharded_4x2_equals_single_device():
     for a, b in zip(m1, m8):
         for k in a:
             np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=k)
-    # Adam at lr 1e-2 turns reduction-order noise (~1e-7) into ~1e-5 parameter differences.
-    chex.assert_trees_all_close(s1.params, s8.params, atol=1e-4, rtol=1e-7)
-    # Params and Adam moments really are sharded over fsdp.
+    # Adam at lr 1e-2 turns reduction-order noise (~1e-7) into ~1e-5 parameter differences, and up
+    # to 1.2e-4 on an entry whose gradient is ~4e-6 (Adam divides by its tiny second moment; with
+    # plain SGD both layouts match one device to 4e-9).
+    chex.assert_trees_all_close(s1.params, s8.params, atol=3e-4, rtol=1e-7)
+    # Params and Adam moments really are sharded over fsdp, by name: the embedding along "embed" (D).
     emb = s8.params["embed_tokens"]["embedding"]
-    assert emb.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    assert emb.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
     mu = s8.opt_state[1][0].mu["embed_tokens"]["embedding"]
     assert mu.sharding.spec == emb.sharding.spec
 
