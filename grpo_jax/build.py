@@ -66,8 +66,19 @@ def reference_params(model_config: model_lib.ModelConfig, params):
 
 
 def checkpoint_tree(c: cfg_lib.Config, state, ref_params) -> dict:
-    """What a checkpoint holds: the train state, and the frozen reference when the KL term needs it."""
-    return {"train": state, "ref": ref_params} if c.grpo.beta > 0 else {"train": state}
+    """What a checkpoint holds: the train state (with LoRA: the adapters and their optimizer state
+    only), and the frozen reference when the KL term needs a copy of it (not with LoRA: the reference
+    is the base model, which `model.path` or the seed gives back)."""
+    return {"train": state, "ref": ref_params} if c.grpo.beta > 0 and ref_params is not None else {"train": state}
+
+
+def init_adapters(s: "Setup"):
+    """Fresh LoRA adapters for the run's model (B = 0: the adapted model starts equal to the base),
+    created already sharded like the parameters."""
+    key = jax.random.fold_in(jax.random.key(s.config.train.seed), 2)
+    abstract = jax.eval_shape(lambda k: model_lib.init_lora(s.model_config, k), key)
+    return jax.jit(lambda k: model_lib.init_lora(s.model_config, k),
+                   out_shardings=sharding.param_shardings(s.mesh, abstract))(key)
 
 
 def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False) -> Setup:
@@ -88,9 +99,12 @@ def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False) -> Setup:
     if for_eval and ckpt_dir.exists():
         with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
             if ckpt.latest_step() is not None:
-                target = checkpoint_tree(config, ts.init_state(params, ts.optimizer_from_config(config), mesh),
-                                         reference_params(model_config, params))
+                lora = model_config.lora_rank > 0
+                trained = model_lib.init_lora(model_config, jax.random.key(0)) if lora else params
+                target = checkpoint_tree(config, ts.init_state(trained, ts.optimizer_from_config(config), mesh),
+                                         None if lora else reference_params(model_config, params))
                 restored, _ = ckpt.restore(ckpt_lib.abstract_like(target))
-                params, step = restored["train"].params, ckpt.latest_step()
+                trained, step = restored["train"].params, ckpt.latest_step()
+                params = model_lib.merge_lora(params, trained) if lora else trained
     return Setup(config, workdir, mesh, make_put(mesh), tokenizer, model_config, params, task, step,
                  eos_ids, prompt_counts, verifiers)

@@ -26,7 +26,7 @@ from grpo_jax import ConfigError  # noqa: F401  (raised here; re-exported as con
 # Each set of allowed values lives once, in the module that implements it.
 from grpo_jax.advantages import SCALES as SCALE_REWARDS
 from grpo_jax.losses import IMPORTANCE_LEVELS, LOSS_TYPES
-from grpo_jax.model import DTYPES
+from grpo_jax.model import DTYPES, LORA_TARGETS
 from grpo_jax.rewards import BUILTIN_REWARDS
 from grpo_jax.rewards import STYLES as PROMPT_STYLES
 from grpo_jax.tasks import BUILTIN_TASKS, SOURCES
@@ -50,6 +50,12 @@ class ModelSection:
     # lr 1e-6 on bf16 weights of scale 0.02 round away for ~98 % of them (the master-weights
     # problem; Flax param_dtype / MaxText weight_dtype). The frozen reference is stored in `dtype`.
     param_dtype: str = "float32"
+    # LoRA (Hu et al. 2021): rank 0 trains every weight; rank r > 0 trains only rank-r adapters
+    # W + (alpha / r) A B on the targets (comma-separated, any of q, k, v, o, gate, up, down), and
+    # the reference policy is the base model with the adapters off (no second copy of the weights).
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "q,k,v,o,gate,up,down"
     # Architecture of a random-init model (ignored when `path` is set: the checkpoint says).
     # vocab_size 0 means "the tokenizer's size".
     vocab_size: int = 0
@@ -407,6 +413,14 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
                                  config.sampling, config.optim, config.train, config.sft)
     _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
     _check(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype, f"one of {DTYPES}")
+    _check(m.lora_rank >= 0, "model.lora_rank", m.lora_rank, ">= 0 (0 = full fine-tuning)")
+    _check(m.lora_alpha > 0, "model.lora_alpha", m.lora_alpha, "> 0")
+    targets = [x.strip() for x in m.lora_targets.split(",") if x.strip()]
+    _check(bool(targets) and set(targets) <= set(LORA_TARGETS), "model.lora_targets", m.lora_targets,
+           f"a comma-separated subset of {tuple(LORA_TARGETS)}")
+    _check(m.lora_rank == 0 or config.sft.steps == 0, "sft.steps", config.sft.steps,
+           "0 with model.lora_rank > 0 (the SFT warm start trains every weight; LoRA SFT is not "
+           "implemented yet)")
     for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                 "intermediate_size", "max_position_embeddings"):
         _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")

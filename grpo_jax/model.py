@@ -86,6 +86,10 @@ import jax
 import jax.numpy as jnp
 
 DTYPES = ("float32", "bfloat16")  # the dtypes params and compute may take
+# LoRA targets by their short names (config model.lora_targets) -> where the projection sits in a layer.
+LORA_TARGETS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("self_attn", "v_proj"),
+                "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
+                "down": ("mlp", "down_proj")}
 ROPE_SCALING_TYPES = ("llama3",)  # the RoPE scaling types the model implements (HF rope_type)
 
 
@@ -134,8 +138,21 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     dtype: str = "float32"  # compute (matmul, activation, KV cache) dtype: "float32" or "bfloat16"
     param_dtype: str = "float32"  # stored / optimised weight dtype: "float32" or "bfloat16"
+    # LoRA: y = x W + (alpha / rank) (x A) B on the target projections (LORA_TARGETS keys). The
+    # adapters (A [in, r], B [r, out]) are a separate tree (`init_lora`) added onto the params by
+    # `merge_lora`; a params tree without them is the base model, adapters off.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple = ("q", "k", "v", "o", "gate", "up", "down")
 
     def __post_init__(self):
+        if isinstance(self.lora_targets, (list, str)):  # keep it hashable
+            targets = self.lora_targets.split(",") if isinstance(self.lora_targets, str) else self.lora_targets
+            object.__setattr__(self, "lora_targets", tuple(t.strip() for t in targets if t.strip()))
+        unknown = set(self.lora_targets) - set(LORA_TARGETS)
+        if self.lora_rank < 0 or unknown:
+            raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 and lora_targets "
+                             f"{self.lora_targets} a subset of {tuple(LORA_TARGETS)}")
         if isinstance(self.rope_scaling, dict):  # e.g. from JSON or dataclasses.asdict: keep it hashable
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
@@ -207,6 +224,63 @@ def _cast(x: jax.Array, dtype) -> jax.Array:
     return x if x.dtype == dtype else x.astype(dtype)
 
 
+def init_lora(config: ModelConfig, key: jax.Array) -> dict:
+    """Fresh adapters for every target projection of every layer, in config.param_dtype:
+    {"layers": [{"self_attn": {"q_proj": {"lora_a": [in, r], "lora_b": [r, out]}, ...}, ...}, ...]}.
+    A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's default, Kaiming-uniform with a = sqrt 5), B = 0: the
+    adapted model starts exactly equal to the base."""
+    if config.lora_rank < 1:
+        raise ValueError(f"init_lora needs lora_rank >= 1, got {config.lora_rank}")
+    dtype, r = jnp.dtype(config.param_dtype), config.lora_rank
+    d, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
+    q_out, kv_out = config.num_heads * hd, config.num_kv_heads * hd
+    shapes = {"q": (d, q_out), "k": (d, kv_out), "v": (d, kv_out), "o": (q_out, d), "gate": (d, inter),
+              "up": (d, inter), "down": (inter, d)}
+    layers = []
+    for layer_key in jax.random.split(key, config.num_layers):
+        layer = {}
+        for name, k in zip(config.lora_targets, jax.random.split(layer_key, len(config.lora_targets))):
+            fan_in, fan_out = shapes[name]
+            bound = fan_in ** -0.5
+            block, proj = LORA_TARGETS[name]
+            layer.setdefault(block, {})[proj] = {
+                "lora_a": jax.random.uniform(k, (fan_in, r), jnp.float32, -bound, bound).astype(dtype),
+                "lora_b": jnp.zeros((r, fan_out), dtype)}
+        layers.append(layer)
+    return {"layers": layers}
+
+
+def merge_lora(params: dict, adapters: dict) -> dict:
+    """The params tree with the adapters added under their projections (new dicts, no array copied):
+    the model with the adapters on. `params` without adapters is the base model."""
+    layers = []
+    for layer, extra in zip(params["layers"], adapters["layers"]):
+        layer = dict(layer)
+        for block, projections in extra.items():
+            layer[block] = dict(layer[block])
+            for proj, ab in projections.items():
+                layer[block][proj] = {**layer[block][proj], **ab}
+        layers.append(layer)
+    return {**params, "layers": layers}
+
+
+def fold_lora(config: ModelConfig, params: dict) -> dict:
+    """Adapters folded into the weights: kernel + (alpha / r) A B, in the kernel's dtype, with no
+    lora_* leaves left (a plain model: what `weights.save_hf` exports by default)."""
+    scale = config.lora_alpha / max(config.lora_rank, 1)
+
+    def fold(tree):
+        if not isinstance(tree, dict):
+            return [fold(x) for x in tree] if isinstance(tree, list) else tree
+        if "lora_a" in tree:
+            delta = (tree["lora_a"].astype(jnp.float32) @ tree["lora_b"].astype(jnp.float32)) * scale
+            out = {k: v for k, v in tree.items() if k not in ("lora_a", "lora_b")}
+            out["kernel"] = (tree["kernel"].astype(jnp.float32) + delta).astype(tree["kernel"].dtype)
+            return out
+        return {k: fold(v) for k, v in tree.items()}
+    return fold(params)
+
+
 def cast_params(params, dtype):
     """The params tree with every floating leaf cast to dtype ("float32", "bfloat16" or a jnp dtype);
     other leaves, and leaves already in dtype, are returned as they are."""
@@ -261,14 +335,19 @@ def rope(x: jax.Array, positions: jax.Array, *, theta: float, scaling: RopeScali
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-def _linear(p: dict, x: jax.Array, dtype) -> jax.Array:
-    """x [..., in] @ kernel [in, out] (+ bias), with x, kernel and bias cast to the compute dtype."""
+def _linear(p: dict, x: jax.Array, dtype, lora_scale: float = 1.0) -> jax.Array:
+    """x [..., in] @ kernel [in, out] (+ bias) (+ lora_scale * (x A) B when the projection carries
+    LoRA adapters), with x, kernel, bias and adapters cast to the compute dtype."""
     x, kernel = _cast(x, dtype), _cast(p["kernel"], dtype)
     # A 2-D matmul on [B*L, in] rather than [B, L, in] @ [in, out]: with the 3-D form XLA:CPU
     # physically transposes the activations before every weight-gradient matmul in the backward
     # (101 transposes vs 16 in the forward). Measured 1.26x faster quick-start train step
     # (benchmarks/README.md, linear_layout).
-    y = (x.reshape(-1, x.shape[-1]) @ kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+    flat = x.reshape(-1, x.shape[-1])
+    y = flat @ kernel
+    if "lora_a" in p:  # low rank: two thin matmuls, never the [in, out] product A B
+        y = y + ((flat @ _cast(p["lora_a"], dtype)) @ _cast(p["lora_b"], dtype)) * lora_scale
+    y = y.reshape(*x.shape[:-1], kernel.shape[-1])
     return y + _cast(p["bias"], dtype) if "bias" in p else y
 
 
@@ -334,11 +413,12 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
     b, l, _ = x.shape
     hd = config.head_dim
     dtype = jnp.dtype(config.dtype)
+    ls = config.lora_alpha / max(config.lora_rank, 1)  # LoRA scale (used only where adapters are merged in)
     attn = p["self_attn"]
     n = rms_norm(x, p["input_layernorm"]["scale"], eps=config.rms_norm_eps)
-    q = _linear(attn["q_proj"], n, dtype).reshape(b, l, config.num_heads, hd)  # [B, L, H*hd] -> [B, L, H, hd]
-    k = _linear(attn["k_proj"], n, dtype).reshape(b, l, config.num_kv_heads, hd)
-    v = _linear(attn["v_proj"], n, dtype).reshape(b, l, config.num_kv_heads, hd)
+    q = _linear(attn["q_proj"], n, dtype, ls).reshape(b, l, config.num_heads, hd)  # [B, L, H*hd] -> [B, L, H, hd]
+    k = _linear(attn["k_proj"], n, dtype, ls).reshape(b, l, config.num_kv_heads, hd)
+    v = _linear(attn["v_proj"], n, dtype, ls).reshape(b, l, config.num_kv_heads, hd)
     if config.qk_norm:  # Qwen3: each head's q / k RMS-normalised over hd, before RoPE (as HF does)
         q = rms_norm(q, attn["q_norm"]["scale"], eps=config.rms_norm_eps)
         k = rms_norm(k, attn["k_norm"]["scale"], eps=config.rms_norm_eps)
@@ -357,11 +437,11 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
         }
         k, v = layer_cache["k"], layer_cache["v"]
     attn_out = _attention(config, q, k, v, mask, keys_transposed=layer_cache is not None)  # [B, L, H*hd]
-    x = x + _linear(attn["o_proj"], attn_out, dtype)
+    x = x + _linear(attn["o_proj"], attn_out, dtype, ls)
     m = rms_norm(x, p["post_attention_layernorm"]["scale"], eps=config.rms_norm_eps)
     mlp = p["mlp"]
-    h = jax.nn.silu(_linear(mlp["gate_proj"], m, dtype)) * _linear(mlp["up_proj"], m, dtype)  # [B, L, I]
-    x = x + _linear(mlp["down_proj"], h, dtype)
+    h = jax.nn.silu(_linear(mlp["gate_proj"], m, dtype, ls)) * _linear(mlp["up_proj"], m, dtype, ls)  # [B, L, I]
+    x = x + _linear(mlp["down_proj"], h, dtype, ls)
     return x, layer_cache
 
 

@@ -34,6 +34,7 @@ from grpo_jax import checkpoint as ckpt_lib
 from grpo_jax import config as cfg_lib
 from grpo_jax import evaluate as eval_lib
 from grpo_jax import metrics as metrics_lib
+from grpo_jax import model as model_lib
 from grpo_jax import rollout
 from grpo_jax import sft
 from grpo_jax import sharding
@@ -89,8 +90,14 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         print(f"SFT warm start: {c.sft.steps} steps", file=sys.stderr)
         params = sft.warm_start(s, lambda step, m: log(0, {(k if k.startswith("sft_") else f"sft_{k}"): v
                                                  for k, v in m.items()} | {"sft_step": step}))
-    ref_params = build.reference_params(s.model_config, params) if use_reference else None
-    state = ts.init_state(params, optimizer, s.mesh)
+    lora = s.model_config.lora_rank > 0
+    if lora:  # train adapters only; the base is frozen and, adapters off, is the reference
+        trained, frozen = build.init_adapters(s), params
+        ref_params = None
+    else:
+        trained, frozen = params, None
+        ref_params = build.reference_params(s.model_config, params) if use_reference else None
+    state = ts.init_state(trained, optimizer, s.mesh)
     if start is not None:
         full = build.checkpoint_tree(c, state, ref_params)
         full, _ = ckpt.restore(ckpt_lib.abstract_like(full))
@@ -98,15 +105,19 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         print(f"resumed from {workdir / 'checkpoints'} at step {start}", file=sys.stderr)
     start = start or 0
 
+    def policy_params():  # what the sampler and eval run: the base with the adapters on
+        return model_lib.merge_lora(frozen, state.params) if lora else state.params
+
     state_sh = ts.state_shardings(s.mesh, optimizer, jax.eval_shape(lambda p: p, state.params))
-    ref_sh = sharding.param_shardings(s.mesh, ref_params) if use_reference else None
+    second = frozen if lora else ref_params  # the step's second argument: base (LoRA) or reference
+    second_sh = sharding.param_shardings(s.mesh, second) if second is not None else None
     step_fn = ts.jit_train_step(
         ts.build_train_step(s.model_config, optimizer, loss_type=g.loss_type,
                             importance_level=g.importance_level, num_iterations=g.num_iterations,
                             num_minibatches=c.train.num_minibatches,
                             steps_per_generation=c.train.steps_per_generation, use_reference=use_reference,
-                            max_completion_length=c.sampling.max_new_tokens),
-        s.mesh, state_sh, ref_sh)
+                            max_completion_length=c.sampling.max_new_tokens, lora=lora),
+        s.mesh, state_sh, second_sh)
     hp = ts.make_hparams(epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
                          temperature=c.sampling.temperature)
     # Two independent streams: step t samples with fold_in(train_key, t), eval at t with fold_in(eval_key, t).
@@ -116,7 +127,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
 
     def run_eval(step):
         return eval_lib.evaluate(
-            s.model_config, state.params, s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
+            s.model_config, policy_params(), s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
             batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
             max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
             temperature=c.sampling.temperature, chat=chat, system=system, eos_ids=s.eos_ids)
@@ -136,7 +147,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         if stop_after is not None and done >= stop_after:
             break
         t0 = time.perf_counter()
-        gen, valid, sampled_metrics = rollout.collect(s, state.params, step, train_key)
+        gen, valid, sampled_metrics = rollout.collect(s, policy_params(), step, train_key)
         t1 = time.perf_counter()
         advantages, loss_mask, ended = rollout.update_inputs(c, gen, valid, s.eos_ids)
         t2 = time.perf_counter()
@@ -144,7 +155,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         put = s.put
         batch = ts.Batch(put(gen.prompt_tokens), put(gen.prompt_mask), put(gen.tokens),
                          put(loss_mask), put(advantages))
-        state, step_metrics = step_fn(state, ref_params, batch, hp)
+        state, step_metrics = step_fn(state, second, batch, hp)
         lengths = gen.mask.sum(axis=1)
         grouped = gen.rewards.reshape(b, G)
         host = {

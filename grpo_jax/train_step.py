@@ -136,11 +136,17 @@ def _split(x, num_minibatches):
 def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.GradientTransformation, *,
                      loss_type: str = "grpo", importance_level: str = "token",
                      num_iterations: int = 1, num_minibatches: int = 1, steps_per_generation: int = 1,
-                     use_reference: bool = True, max_completion_length: int | None = None):
+                     use_reference: bool = True, max_completion_length: int | None = None,
+                     lora: bool = False):
     """Returns the pure step `(state, ref_params, batch, hparams) -> (state, metrics)`.
 
     Not jitted: `jit_train_step` adds shardings and donation; tests and sweeps may vmap it first.
     `state.step` counts calls (rollouts), not optimizer steps: mu * K optimizer updates per call.
+
+    `lora=True`: `state.params` holds only the LoRA adapters (`model.init_lora`), so only they are
+    trained and held in the optimizer state, and the second argument is the frozen base model. The
+    policy is the base with the adapters on (`model.merge_lora`), the reference the base itself with
+    them off: no second copy of the weights (TRL + PEFT do the same).
     """
     if loss_type not in losses.LOSS_TYPES:
         raise ValueError(f"grpo.loss_type must be one of {losses.LOSS_TYPES}, got {loss_type!r}")
@@ -148,13 +154,16 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
     if K < 1 or M < 1:
         raise ValueError(f"steps_per_generation={K} and num_minibatches={M} must be >= 1")
 
+    def policy(params, frozen):  # the model the trained params stand for
+        return model_lib.merge_lora(frozen, params) if lora else params
+
     def scored_logps(params, mb: Batch, hp: HParams):
         logits = completion_logits(model_config, params, mb.prompt_tokens, mb.prompt_mask,
                                    mb.completion_tokens)
         return logits, losses.token_logps(logits, mb.completion_tokens, temperature=hp.temperature)
 
-    def minibatch_loss(params, mb: Batch, old_logps, ref_logps, weight, on_policy, hp: HParams):
-        logits, logps = scored_logps(params, mb, hp)
+    def minibatch_loss(params, frozen, mb: Batch, old_logps, ref_logps, weight, on_policy, hp: HParams):
+        logits, logps = scored_logps(policy(params, frozen), mb, hp)
         if old_logps is None:  # first update of the call: on-policy by construction
             old_logps = jax.lax.stop_gradient(logps)
         elif on_policy is not None:  # K > 1: a traced "params not moved yet" flag (k == 0)
@@ -192,9 +201,10 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             _, out = jax.lax.scan(lambda _, mb: (None, scored_logps(p, mb, hp)[1]), None, flat)
             return jax.lax.stop_gradient(out.reshape(K, M, *out.shape[1:]))
 
+        frozen = ref_params if lora else None  # LoRA: the base model, adapters off = the reference
         ref_logps = forward_all(ref_params) if use_reference else None
         # K > 1: the sampling policy's log-probs for the parts scored after the first update.
-        old_logps = forward_all(state.params) if K > 1 else None
+        old_logps = forward_all(policy(state.params, frozen)) if K > 1 else None
 
         def optimizer_step(carry, xs, *, first: bool):
             """One optimizer update over the M chunks of one part. `first`: static, the call's very
@@ -205,7 +215,7 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             def accumulate(acc, chunk):
                 grads_acc, met_acc = acc
                 mb, old, ref, w, share = chunk
-                grads, (met, logps) = grad_fn(params, mb, old, ref, w, on_policy, hp)
+                grads, (met, logps) = grad_fn(params, frozen, mb, old, ref, w, on_policy, hp)
                 grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
                 # The loss carries its aggregation weight; token-mean metrics their token share.
                 met_acc = {k: (jnp.maximum(met_acc[k], v) if k == "ratio_max" else

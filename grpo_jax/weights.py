@@ -326,8 +326,19 @@ def _config_to_hf(config: ModelConfig) -> dict:
     return hf
 
 
-def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict) -> pathlib.Path:
+def _has_lora(params) -> bool:
+    return any("lora_a" in str(keypath) for keypath, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+
+
+def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict, *, adapter_only: bool = False,
+            base_model: str = "") -> pathlib.Path:
     """Write config.json + model.safetensors that transformers' AutoModelForCausalLM loads.
+
+    With LoRA adapters in `params` (`model.merge_lora`): by default they are folded into the weights
+    (`model.fold_lora`: a plain model, nothing else needed to load it). `adapter_only=True` writes a
+    PEFT adapter directory instead (adapter_config.json + adapter_model.safetensors, PEFT's layout:
+    lora_A.weight [r, in], lora_B.weight [out, r]) that `peft.PeftModel.from_pretrained(base, path)`
+    loads onto the base model; `base_model` is recorded as its base_model_name_or_path.
 
     Written into a temporary sibling directory, then renamed into place, so a crash never leaves
     a half-written checkpoint at `path`; an existing directory at `path` is replaced.
@@ -335,16 +346,35 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict) -> pathl
     from safetensors.numpy import save_file
 
     path = pathlib.Path(path)
+    lora = _has_lora(params)
+    if adapter_only and not lora:
+        raise ValueError("save_hf(adapter_only=True): params hold no LoRA adapters (model.merge_lora)")
     tensors = {}
-    for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name, transposed = _hf_name(keypath)
-        arr = np.asarray(jax.device_get(leaf))  # gathers a sharded array to the host
-        tensors[name] = np.ascontiguousarray(arr.T if transposed else arr)
+    if adapter_only:
+        for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            keys = [str(k.key) if hasattr(k, "key") else str(k.idx) for k in keypath]
+            if keys[-1] not in ("lora_a", "lora_b"):
+                continue
+            which = "lora_A" if keys[-1] == "lora_a" else "lora_B"
+            name = "base_model.model.model." + ".".join(keys[:-1]) + f".{which}.weight"
+            tensors[name] = np.ascontiguousarray(np.asarray(jax.device_get(leaf), np.float32).T)
+        files = {"adapter_config.json": json.dumps(_peft_config(config, base_model), indent=2) + "\n"}
+        weights_file = "adapter_model.safetensors"
+    else:
+        if lora:
+            params = model_lib.fold_lora(config, params)
+        for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            name, transposed = _hf_name(keypath)
+            arr = np.asarray(jax.device_get(leaf))  # gathers a sharded array to the host
+            tensors[name] = np.ascontiguousarray(arr.T if transposed else arr)
+        files = {"config.json": json.dumps(_config_to_hf(config), indent=2) + "\n"}
+        weights_file = _SAFETENSORS
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        (tmp / "config.json").write_text(json.dumps(_config_to_hf(config), indent=2) + "\n")
-        save_file(tensors, tmp / _SAFETENSORS, metadata={"format": "pt"})  # transformers wants "pt"
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        save_file(tensors, tmp / weights_file, metadata={"format": "pt"})  # transformers wants "pt"
         if path.exists():
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.replace(path, old / path.name)
@@ -356,6 +386,16 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict) -> pathl
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _peft_config(config: ModelConfig, base_model: str) -> dict:
+    """PEFT's adapter_config.json for our adapters (LoRA, no dropout, no bias, plain Linear layout)."""
+    return {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model or None,
+        "r": config.lora_rank, "lora_alpha": config.lora_alpha, "lora_dropout": 0.0, "bias": "none",
+        "fan_in_fan_out": False, "use_rslora": False, "inference_mode": True,
+        "target_modules": sorted(model_lib.LORA_TARGETS[t][1] for t in config.lora_targets),
+    }
 
 
 # --------------------------------------------------------------------------- GGUF
@@ -472,7 +512,9 @@ def from_config(config, tokenizer, mesh) -> tuple[ModelConfig, dict]:
         if not path.exists():
             raise ConfigError(f"config key `model.path`: {m.path!r} does not exist")
         dtypes = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh)
-        return load_gguf(path, **dtypes) if path.suffix == ".gguf" else load_hf(path, **dtypes)
+        mc, params = load_gguf(path, **dtypes) if path.suffix == ".gguf" else load_hf(path, **dtypes)
+        return dataclasses.replace(mc, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
+                                   lora_targets=m.lora_targets), params
     vocab = m.vocab_size or len(tokenizer)
     if vocab < len(tokenizer):
         raise ConfigError(f"config key `model.vocab_size` = {vocab} is smaller than the tokenizer's "
@@ -482,5 +524,5 @@ def from_config(config, tokenizer, mesh) -> tuple[ModelConfig, dict]:
         num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, intermediate_size=m.intermediate_size,
         rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_eps, tie_embeddings=m.tie_embeddings,
         attention_bias=m.attention_bias, max_position_embeddings=m.max_position_embeddings, dtype=m.dtype,
-        param_dtype=m.param_dtype)
+        param_dtype=m.param_dtype, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=m.lora_targets)
     return mc, sharding.init_params_sharded(mc, jax.random.key(config.train.seed), mesh)
