@@ -32,10 +32,10 @@ dict of arrays.
   `cast_params(params, dtype)` casts a params tree once (e.g. a frozen reference policy stored in
   the compute dtype): the in-layer casts are then no-ops and every number is the same.
 
-Why plain functions rather than Flax NNX modules: the public API is functional (params in, logits
-out) and the layout below is a contract the weights loader maps Hugging Face tensors onto, so the
-params are built as plain nested dicts directly; wrapping them in modules would only add a
-split/merge round trip and cost nothing in speed either way.
+Two front ends, one implementation: the functional core (`init_params`, `apply`, `apply_with_cache`
+over the dict layout below, which the weights loader maps Hugging Face tensors onto), and Flax NNX
+modules at the end of this file (`CausalLM`, whose state is that layout and whose methods call the
+core), plus the small protocol any NNX causal LM meets to be trained and sampled here.
 
 PARAM LAYOUT (a plain nested dict; kernels stored [in, out], i.e. HF's Linear weight transposed):
 
@@ -520,3 +520,108 @@ def apply_with_cache(config: ModelConfig, params: dict, tokens: jax.Array, posit
     if last_only:
         x = x[:, -1:]
     return lm_head(config, params, x), new_cache
+
+
+# ------------------------------------------------------------------------------------------------
+# Flax NNX: the same model as modules, and the protocol any causal LM module meets to be trained
+# and sampled here.
+#
+# The modules hold the parameters (nnx.Param; LoRA adapters as nnx.LoRAParam, so
+# `nnx.split(model, nnx.LoRAParam, ...)` separates what a LoRA run trains) in the layout above, and
+# their computation is the functional core above, called on their own state: one implementation,
+# two front ends. `nnx.split(CausalLM(config, rngs=...))` gives (graphdef, state) whose pure dict is
+# `init_params`' layout (layers keyed 0..L-1); the jitted train step and sampler are pure
+# functions of either form.
+#
+# PROTOCOL (bring your own NNX model). A module `m` can be trained by grpo_jax.train_step and
+# sampled by grpo_jax.sampling when it has
+#     m(tokens i32[B, L], *, attention_mask [B, L]) -> logits f32[B, L, V]
+#         a full causal forward; attention_mask 1 = real token, 0 = left padding (position of a
+#         token = number of real tokens before it); logits at i predict token i + 1
+#     m.init_cache(batch_size: int, max_len: int) -> cache (any pytree of arrays)
+#     m.decode(tokens i32[B, L], positions i32[B, L], cache, cache_index, kv_mask [B, S])
+#         -> (logits f32[B, L, V], cache)
+#         writes the L tokens at slots cache_index .. cache_index + L - 1 (the same for every row);
+#         query l sees slot s iff s <= cache_index + l and kv_mask[b, s] == 1
+# Pass `graphdef` (from `nnx.split(m)`) where a ModelConfig goes, and its state (an nnx.State or its
+# pure dict) as the params: `train_step.build_train_step(graphdef, ...)`,
+# `sampling.sample(graphdef, state, ...)`, `scoring.completion_logps(graphdef, state, ...)`.
+# Inside the jitted functions the module is rebuilt with `nnx.merge` (free at run time).
+# Our own CausalLM goes through the faster ModelConfig path (hidden states sliced before the LM
+# head; a decode cache that grows in segments), and gives the same numbers either way (tested).
+# ------------------------------------------------------------------------------------------------
+from flax import nnx  # noqa: E402  (kept with the NNX half of the module)
+
+
+def _variable(path: tuple, value):
+    return (nnx.LoRAParam if path and path[-1] in ("lora_a", "lora_b") else nnx.Param)(value)
+
+
+class _Params(nnx.Module):
+    """A node of the parameter tree: each dict key becomes an attribute (a sub-node or a variable)."""
+
+    def __init__(self, tree: dict, path: tuple = ()):
+        for name, value in tree.items():
+            setattr(self, name, _Params(value, path + (name,)) if isinstance(value, dict)
+                    else _variable(path + (name,), value))
+
+
+class CausalLM(nnx.Module):
+    """The decoder as a Flax NNX module: `CausalLM(config, rngs=nnx.Rngs(0))` (random init, the same
+    values as `init_params(config, key)`), or `CausalLM.from_params(config, params)` (e.g. what
+    `weights.load_hf` returns, adapters merged in or not). Meets the protocol above."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs | None = None, params: dict | None = None):
+        if params is None:
+            params = init_params(config, (rngs or nnx.Rngs(0)).params())
+        self.config = config
+        for name, value in params.items():
+            if name == "layers":
+                self.layers = nnx.List([_Params(layer, ("layers",)) for layer in value])
+            else:
+                setattr(self, name, _Params(value, (name,)))
+
+    @classmethod
+    def from_params(cls, config: ModelConfig, params: dict) -> "CausalLM":
+        return cls(config, params=params)
+
+    def params(self) -> dict:
+        """The functional layout (`init_params`' dict, layers as a list) of this module's state."""
+        tree = nnx.state(self, nnx.Param).to_pure_dict()
+        if "layers" in tree:
+            tree["layers"] = [tree["layers"][i] for i in sorted(tree["layers"])]
+        return tree
+
+    def __call__(self, tokens: jax.Array, *, attention_mask=None) -> jax.Array:
+        return apply(self.config, self.params(), tokens, attention_mask=attention_mask)
+
+    def init_cache(self, batch_size: int, max_len: int):
+        return init_cache(self.config, batch_size, max_len)
+
+    def decode(self, tokens, positions, cache, cache_index, kv_mask):
+        return apply_with_cache(self.config, self.params(), tokens, positions, cache, cache_index, kv_mask)
+
+
+def is_module_model(config) -> bool:
+    """True when `config` is an NNX graphdef (a protocol model), not our ModelConfig."""
+    return not isinstance(config, ModelConfig)
+
+
+def module_logits(graphdef, params, tokens: jax.Array, *, attention_mask=None) -> jax.Array:
+    """A protocol model's full forward, from its graphdef and state (pure dict or nnx.State)."""
+    return nnx.merge(graphdef, params)(tokens, attention_mask=attention_mask).astype(jnp.float32)
+
+
+def cache_init(config, params, batch_size: int, max_len: int):
+    """`init_cache` for our model or a protocol model's own `init_cache`."""
+    if is_module_model(config):
+        return nnx.merge(config, params).init_cache(batch_size, max_len)
+    return init_cache(config, batch_size, max_len)
+
+
+def forward_with_cache(config, params, tokens, positions, cache, cache_index, kv_mask, *, last_only=False):
+    """`apply_with_cache` for our model or a protocol model's `decode`."""
+    if is_module_model(config):
+        logits, cache = nnx.merge(config, params).decode(tokens, positions, cache, cache_index, kv_mask)
+        return (logits[:, -1:] if last_only else logits).astype(jnp.float32), cache
+    return apply_with_cache(config, params, tokens, positions, cache, cache_index, kv_mask, last_only=last_only)

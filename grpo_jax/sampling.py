@@ -138,8 +138,10 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
     # Slots P.. are marked real from the start: causality (slot <= query slot) hides unwritten ones.
     kv_mask = constrain(jnp.concatenate([prompt_mask, jnp.ones((n, t_max), jnp.int32)], axis=1))  # [N, S]
     ends = _segment_ends(t_max)
-    cache = jax.tree.map(constrain, model_lib.init_cache(config, n, p + ends[0]))
-    logits, cache = model_lib.apply_with_cache(config, params, prompt_tokens, positions, cache, 0,
+    if model_lib.is_module_model(config):  # a protocol model's cache layout is its own: one segment
+        ends = [t_max]
+    cache = jax.tree.map(constrain, model_lib.cache_init(config, params, n, p + ends[0]))
+    logits, cache = model_lib.forward_with_cache(config, params, prompt_tokens, positions, cache, 0,
                                                kv_mask[:, : p + ends[0]], last_only=True)  # [N, 1, V]
 
     pad = eos_ids[0]
@@ -165,7 +167,7 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
     state = (jnp.int32(1), tok, done, tokens, mask, logps)
     for end in ends:  # one while_loop per segment; segment j's cache holds P + ends[j] slots
         size = p + end
-        grow = size - cache[0]["v"].shape[2]
+        grow = 0 if model_lib.is_module_model(config) else size - cache[0]["v"].shape[2]
         if grow:  # one copy per segment boundary, then in-place updates again (keys: slots on axis 3)
             cache = [{"k": constrain(jnp.pad(c["k"], ((0, 0), (0, 0), (0, 0), (0, grow)))),
                       "v": constrain(jnp.pad(c["v"], ((0, 0), (0, 0), (0, grow), (0, 0))))} for c in cache]
@@ -178,7 +180,7 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
         def body(state, segment_mask=segment_mask):
             t, tok, done, tokens, mask, logps, cache = state
             # Token t-1 sits at slot P + t - 1 and position start + t - 1; its logits predict token t.
-            logits, cache = model_lib.apply_with_cache(
+            logits, cache = model_lib.forward_with_cache(
                 config, params, tok[:, None], (start + t - 1)[:, None], cache, p + t - 1, segment_mask)
             tok, done, tokens, mask, logps = emit(t, logits[:, 0], done, tokens, mask, logps)
             return t + 1, tok, done, tokens, mask, logps, cache

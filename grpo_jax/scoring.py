@@ -22,7 +22,7 @@ from grpo_jax import model as model_lib
 from grpo_jax.losses import token_logps
 
 
-def completion_logits(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array,
+def completion_logits(config, params, prompt_tokens: jax.Array,
                       prompt_mask: jax.Array, completion_tokens: jax.Array) -> jax.Array:
     """f32[N, T, V]: the logits that score each completion token i32[N, T] (module docstring)."""
     # Shapes only (trace time, nothing in the compiled program).
@@ -36,6 +36,8 @@ def completion_logits(config: model_lib.ModelConfig, params, prompt_tokens: jax.
     tokens = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)], axis=1)  # [N, P+T]
     mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.ones(completion_tokens.shape, jnp.int32)],
                            axis=1)
+    if model_lib.is_module_model(config):  # a protocol NNX model: its full logits, then the same slice
+        return model_lib.module_logits(config, params, tokens, attention_mask=mask)[:, p - 1: -1]
     hidden = model_lib.hidden_states(config, params, tokens, attention_mask=mask)  # [N, P+T, D]
     # Off-by-one: the output at index i predicts token i+1, so completion token t (index P+t) is
     # predicted at index P+t-1; indices P-1 .. P+T-2 give all T completion tokens. Slice before the
