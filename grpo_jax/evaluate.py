@@ -85,19 +85,36 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
     common = dict(batch_size=batch_size, max_prompt_length=max_prompt_length,
                   max_new_tokens=max_new_tokens, put=put, chat=chat, system=system, eos_ids=eos_ids)
     greedy = generate(model_config, params, tokenizer, prompts, key=key, temperature=0.0, **common)
-    correct = [task.correct(c, e) for c, e in zip(greedy, examples)]
-    result = {"eval_accuracy": float(np.mean(correct)), "eval_examples": len(examples)}
+
+    def score():  # on process 0 only: every process must act on the same numbers (SFT early stop)
+        correct = [task.correct(c, e) for c, e in zip(greedy, examples)]
+        out = {"eval_accuracy": float(np.mean(correct)), "eval_examples": len(examples)}
+        if pass_k > 0:
+            ok = np.array([task.correct(c, e) for c, e in zip(samples, [e for e in examples for _ in range(pass_k)])])
+            out[f"eval_pass@{pass_k}"] = float(ok.reshape(len(examples), pass_k).max(axis=1).mean())
+            maj = [majority_correct(samples[i * pass_k:(i + 1) * pass_k], e, style=task.style,
+                                    score=task.correct) for i, e in enumerate(examples)]
+            out[f"eval_maj@{pass_k}"] = float(np.mean(maj))
+        return out
+
     if pass_k > 0:
         repeated = [p for p in prompts for _ in range(pass_k)]  # problem-major
         samples = generate(model_config, params, tokenizer, repeated, key=jax.random.fold_in(key, 1),
                            temperature=temperature, **common)
-        ok = np.array([task.correct(c, e) for c, e in zip(samples, [e for e in examples for _ in range(pass_k)])])
-        ok = ok.reshape(len(examples), pass_k)
-        result[f"eval_pass@{pass_k}"] = float(ok.max(axis=1).mean())
-        maj = [majority_correct(samples[i * pass_k:(i + 1) * pass_k], e, style=task.style,
-                                score=task.correct) for i, e in enumerate(examples)]
-        result[f"eval_maj@{pass_k}"] = float(np.mean(maj))
-    return result
+    keys = ["eval_accuracy", "eval_examples"] + ([f"eval_pass@{pass_k}", f"eval_maj@{pass_k}"] if pass_k > 0 else [])
+    return on_process_zero(score, keys)
+
+
+def on_process_zero(fn, keys):
+    """fn() -> {key: number} for `keys`, computed on process 0 and broadcast, so that every process
+    of a multi-host run acts on the same numbers (verifiers have wall-clock limits: two hosts
+    scoring for themselves could disagree, and e.g. stop SFT at different steps)."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+    result = fn() if jax.process_index() == 0 else dict.fromkeys(keys, 0.0)
+    values = np.asarray(multihost_utils.broadcast_one_to_all(np.array([result[k] for k in keys], np.float32)))
+    return {k: (int(v) if k == "eval_examples" else float(v)) for k, v in zip(keys, values)}
 
 
 def main(argv=None) -> int:
