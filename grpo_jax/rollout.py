@@ -16,6 +16,7 @@ and the rewards are broadcast, so resuming from a checkpoint and multi-host runs
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -39,7 +40,7 @@ class Generation(NamedTuple):
     mask: np.ndarray  # f32[N, T] 1 through the first EOS
     rewards: np.ndarray  # f32[N]
     components: dict  # name -> f32[N], unweighted
-    stats: dict  # verifier_errors, verifier_timeouts
+    stats: dict  # verifier_errors, verifier_timeouts; sample_seconds, reward_seconds (this host's wall time)
     completions: list  # N strings (process 0; empty strings elsewhere)
 
 
@@ -81,6 +82,7 @@ def score(s: Setup, completions_fn: Callable[[], list], golds, lengths) -> tuple
 
 def generate(s: Setup, params, examples, key) -> Generation:
     """Sample G completions for each example (one jitted, sharded sampler call) and score them."""
+    started = time.perf_counter()
     c, G = s.config, s.config.grpo.group_size
     chat, system = c.task.chat_template, c.task.system_prompt or None
     ptok, pmask = tok_lib.encode_prompts(s.tokenizer, [s.task.prompt(e) for e in examples],
@@ -91,10 +93,12 @@ def generate(s: Setup, params, examples, key) -> Generation:
                               temperature=c.sampling.temperature, top_k=c.sampling.top_k,
                               top_p=c.sampling.top_p)
     tokens, mask = eval_lib.to_host((rollout.tokens, rollout.mask))  # the one host round trip
+    sampled_at = time.perf_counter()
     golds = [e for e in examples for _ in range(G)]
     rewards, components, stats, completions = score(
         s, lambda: tok_lib.decode_completions(s.tokenizer, tokens, mask, eos_id=s.eos_ids), golds,
         mask.sum(axis=1))
+    stats |= {"sample_seconds": sampled_at - started, "reward_seconds": time.perf_counter() - sampled_at}
     return Generation(examples, ptok, pmask, np.asarray(tokens), np.asarray(mask, np.float32), rewards,
                       components, stats, completions)
 

@@ -147,8 +147,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         if stop_after is not None and done >= stop_after:
             break
         t0 = time.perf_counter()
-        gen, valid, sampled_metrics = rollout.collect(s, policy_params(), step, train_key)
-        t1 = time.perf_counter()
+        gen, valid, sampled_metrics = rollout.collect(s, policy_params(), step, train_key)  # sample + score
         advantages, loss_mask, ended = rollout.update_inputs(c, gen, valid, s.eos_ids)
         t2 = time.perf_counter()
 
@@ -178,8 +177,9 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                 raise FloatingPointError(
                     f"non-finite loss ({fetched['loss']}) at step {now}; stopped without saving. The last "
                     f"good checkpoint is step {last} in {workdir / 'checkpoints'}")
-            row = {**host, **fetched, "sample_seconds": t1 - t0, "reward_seconds": t2 - t1,
-                   "update_seconds": t3 - t2, "step_seconds": t3 - t0}
+            row = {**host, **fetched, "sample_seconds": gen.stats["sample_seconds"],
+                   "reward_seconds": gen.stats["reward_seconds"], "update_seconds": t3 - t2,
+                   "step_seconds": t3 - t0}
             if c.train.eval_every and (now % c.train.eval_every == 0 or now == c.train.steps):
                 row |= run_eval(now)
             log(now, row)
