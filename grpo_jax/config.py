@@ -515,6 +515,12 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
                f"such that prompts_per_step * grpo.group_size / (train.steps_per_generation * "
                f"train.num_minibatches) ({rows} / {chunks}) is divisible by the mesh's {shards} "
                f"devices (mesh.data={data} x mesh.fsdp={fsdp})")
+        if g.dynamic_sampling:  # each round samples ceil(B * factor) prompts x G rows, sharded too
+            per_round = -(-tr.prompts_per_step * g.dynamic_sampling_factor // 1)
+            _check(int(per_round) * g.group_size % shards == 0, "grpo.dynamic_sampling_factor",
+                   g.dynamic_sampling_factor,
+                   f"such that ceil(train.prompts_per_step * factor) * grpo.group_size = "
+                   f"{int(per_round)} * {g.group_size} is divisible by the mesh's {shards} devices")
         _check(sft.batch_size % shards == 0, "sft.batch_size", sft.batch_size,
                f"divisible by the mesh's {shards} devices")
         _check(tr.eval_batch_size % shards == 0, "train.eval_batch_size", tr.eval_batch_size,

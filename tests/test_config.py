@@ -176,3 +176,11 @@ def test_mapping_overrides():
 def cfg_from(d):
     from grpo_jax.config import from_dict
     return from_dict(d)
+
+
+def test_dynamic_sampling_rounds_must_shard_over_the_mesh():
+    c = apply_overrides(Config(), ["grpo.dynamic_sampling=true", "grpo.dynamic_sampling_factor=1.5",
+                                   "train.prompts_per_step=2", "grpo.group_size=4", "mesh.data=8"])
+    with pytest.raises(ConfigError, match=r"`grpo.dynamic_sampling_factor` = 1.5 .*3 \* 4 is divisible by the mesh's 8"):
+        validate(c, num_devices=8)
+    validate(apply_overrides(c, ["grpo.dynamic_sampling_factor=2.0"]), num_devices=8)
