@@ -12,8 +12,22 @@ tempered, untruncated distribution as the log-probs the sampler reports, so at m
 importance ratio is exactly 1 by construction. Completion positions after a row's first EOS are
 attended to but never scored (the loss masks them), so all-ones keeps positions contiguous. The
 hidden states are sliced to the T scored positions before the V-wide LM head matmul.
+
+No [N, T, V]: the final norm + LM head + tempered log-softmax run over chunks of token rows
+(`lax.scan` over blocks of the T positions, every chunk holding all N rows, so a chunk stays spread
+over the devices that shard N), each chunk under `jax.checkpoint`: the forward keeps one chunk's
+logits [N, Tc, V] at a time and the backward recomputes them chunk by chunk (the idea of Liger's
+fused linear cross-entropy and of MaxText's vocabulary tiling, by rematerialisation instead of a
+hand-written VJP). Peak logits memory is O(chunk x V) instead of O(N x T x V), for one extra LM head
+matmul in the backward. When everything fits in one chunk (the default budget at a small vocabulary)
+there is no scan and no recompute: the same program as the full-logits path. The per-token entropy
+and greedy argmax (metrics, never differentiated) come out of the same chunk loop.
+`completion_logits` (the full [N, T, V]) stays for tests, notebooks and protocol models (an NNX
+graphdef has no hidden-state / LM-head split: those are scored from their full logits).
 Not jitted: these run inside the trainer's jitted step.
 """
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -21,10 +35,12 @@ import jax.numpy as jnp
 from grpo_jax import model as model_lib
 from grpo_jax.losses import token_logps
 
+# Default chunk: as many token rows as keep one chunk's f32 logits at 2**25 elements (128 MiB):
+# 65,536 rows (one chunk, no recompute) at V = 512, 1,024 rows at V = 32,768, 220 at Qwen's 151,936.
+LOGITS_BUDGET = 2 ** 25
 
-def completion_logits(config, params, prompt_tokens: jax.Array,
-                      prompt_mask: jax.Array, completion_tokens: jax.Array) -> jax.Array:
-    """f32[N, T, V]: the logits that score each completion token i32[N, T] (module docstring)."""
+
+def _concat(prompt_tokens, prompt_mask, completion_tokens):
     # Shapes only (trace time, nothing in the compiled program).
     chex.assert_rank([prompt_tokens, completion_tokens], 2,
                      custom_message="completion_logits: prompt_tokens [N, P] and completion_tokens [N, T]")
@@ -32,21 +48,101 @@ def completion_logits(config, params, prompt_tokens: jax.Array,
                             custom_message="completion_logits: prompt_tokens and prompt_mask must both be [N, P]")
     chex.assert_equal_shape_prefix([prompt_tokens, completion_tokens], 1,
                                    custom_message="completion_logits: prompts and completions need the same N")
-    p = prompt_tokens.shape[1]
     tokens = jnp.concatenate([prompt_tokens, completion_tokens.astype(prompt_tokens.dtype)], axis=1)  # [N, P+T]
     mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.ones(completion_tokens.shape, jnp.int32)],
                            axis=1)
-    if model_lib.is_module_model(config):  # a protocol NNX model: its full logits, then the same slice
-        return model_lib.module_logits(config, params, tokens, attention_mask=mask)[:, p - 1: -1]
+    return tokens, mask
+
+
+def _scored_hidden(config, params, prompt_tokens, prompt_mask, completion_tokens):
+    """Hidden states [N, T, D] (before the final norm) at the T positions that predict the completion."""
+    tokens, mask = _concat(prompt_tokens, prompt_mask, completion_tokens)
+    p = prompt_tokens.shape[1]
     hidden = model_lib.hidden_states(config, params, tokens, attention_mask=mask)  # [N, P+T, D]
     # Off-by-one: the output at index i predicts token i+1, so completion token t (index P+t) is
     # predicted at index P+t-1; indices P-1 .. P+T-2 give all T completion tokens. Slice before the
     # LM head so the V-wide matmul runs on T positions only.
-    return model_lib.lm_head(config, params, hidden[:, p - 1 : -1])  # [N, T, V]
+    return hidden[:, p - 1: -1]
+
+
+def completion_logits(config, params, prompt_tokens: jax.Array,
+                      prompt_mask: jax.Array, completion_tokens: jax.Array) -> jax.Array:
+    """f32[N, T, V]: the logits that score each completion token i32[N, T] (module docstring).
+    The full [N, T, V]: training uses the chunked `completion_logps` / `completion_scores`."""
+    if model_lib.is_module_model(config):  # a protocol NNX model: its full logits, then the same slice
+        tokens, mask = _concat(prompt_tokens, prompt_mask, completion_tokens)
+        p = prompt_tokens.shape[1]
+        return model_lib.module_logits(config, params, tokens, attention_mask=mask)[:, p - 1: -1]
+    hidden = _scored_hidden(config, params, prompt_tokens, prompt_mask, completion_tokens)
+    return model_lib.lm_head(config, params, hidden)  # [N, T, V]
+
+
+def _stats(logits, tokens, temperature, entropy: bool, argmax: bool):
+    """One chunk: logits f32[..., V] -> (logps f32[...], {"entropy": f32[...], "argmax": i32[...]})."""
+    logps = token_logps(logits, tokens, temperature=temperature)
+    stats = {}
+    if entropy:  # of the tempered distribution; a metric: no gradient
+        logp = jax.nn.log_softmax(jax.lax.stop_gradient(logits)
+                                  / jnp.where(temperature > 0, temperature, 1.0))
+        stats["entropy"] = -(jnp.exp(logp) * logp).sum(-1)
+    if argmax:  # greedy token (SFT's token accuracy)
+        stats["argmax"] = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1).astype(jnp.int32)
+    return logps, stats
+
+
+def chunked_head_logps(config: model_lib.ModelConfig, params, hidden: jax.Array, tokens: jax.Array, *,
+                       temperature=1.0, chunk_size: int | None = None, entropy: bool = False,
+                       argmax: bool = False):
+    """Final norm + LM head + tempered log-softmax of hidden [N, T, D] at tokens i32[N, T], in chunks
+    of about `chunk_size` token rows (default LOGITS_BUDGET // V; at least N: a chunk is all N rows
+    times a block of T positions). Returns (logps f32[N, T], stats) as `completion_scores`."""
+    n, t = tokens.shape
+    v = config.vocab_size
+    chunk_size = max(1, LOGITS_BUDGET // v) if chunk_size is None else int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    block = max(1, min(t, chunk_size // max(n, 1)))  # T positions per chunk
+    num_chunks = math.ceil(t / block)
+    head = {k: params[k] for k in ("norm", "embed_tokens", "lm_head") if k in params}
+
+    def chunk_fn(h, tok):  # [N, Tc, D], [N, Tc] -> logps [N, Tc], stats
+        return _stats(model_lib.lm_head(config, head, h), tok, temperature, entropy, argmax)
+
+    if num_chunks == 1:  # all in one chunk: no scan, nothing recomputed
+        return chunk_fn(hidden, tokens)
+    pad = num_chunks * block - t  # the last chunk padded with zero rows (norm(0) = 0: finite), cut after
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
+    # [N, C*Tc, ...] -> [C, N, Tc, ...]: chunk c holds positions c*Tc .. c*Tc+Tc-1 of every row.
+    hs = jnp.moveaxis(hidden.reshape(n, num_chunks, block, hidden.shape[-1]), 1, 0)
+    ts = jnp.moveaxis(tokens.reshape(n, num_chunks, block), 1, 0)
+    # checkpoint: only the chunk's inputs are saved; its logits are rebuilt in the backward.
+    _, (logps, stats) = jax.lax.scan(lambda _, x: (None, jax.checkpoint(chunk_fn)(*x)), None, (hs, ts))
+
+    def unchunk(x):  # [C, N, Tc] -> [N, T]
+        return jnp.moveaxis(x, 0, 1).reshape(n, num_chunks * block)[:, :t]
+
+    return unchunk(logps), {k: unchunk(x) for k, x in stats.items()}
+
+
+def completion_scores(config, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                      completion_tokens: jax.Array, *, temperature=1.0, chunk_size: int | None = None,
+                      entropy: bool = False, argmax: bool = False):
+    """(logps f32[N, T], stats) of completion_tokens i32[N, T] given left-padded prompts, without
+    the [N, T, V] logits (module docstring). `stats` holds, when asked, "entropy" f32[N, T] (of the
+    tempered distribution) and "argmax" i32[N, T] (the greedy token); both carry no gradient.
+    `chunk_size`: token rows per LM-head chunk (default LOGITS_BUDGET // V)."""
+    if model_lib.is_module_model(config):  # no hidden / LM-head split: from the full logits
+        logits = completion_logits(config, params, prompt_tokens, prompt_mask, completion_tokens)
+        return _stats(logits, completion_tokens, temperature, entropy, argmax)
+    hidden = _scored_hidden(config, params, prompt_tokens, prompt_mask, completion_tokens)
+    return chunked_head_logps(config, params, hidden, completion_tokens, temperature=temperature,
+                              chunk_size=chunk_size, entropy=entropy, argmax=argmax)
 
 
 def completion_logps(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                     completion_tokens: jax.Array, *, temperature=1.0) -> jax.Array:
-    """Training-side log-probs of completion_tokens i32[N, T] given left-padded prompts -> f32[N, T]."""
-    logits = completion_logits(config, params, prompt_tokens, prompt_mask, completion_tokens)
-    return token_logps(logits, completion_tokens, temperature=temperature)
+                     completion_tokens: jax.Array, *, temperature=1.0, chunk_size: int | None = None) -> jax.Array:
+    """Training-side log-probs of completion_tokens i32[N, T] given left-padded prompts -> f32[N, T]
+    (chunked LM head: no [N, T, V]; `completion_scores`)."""
+    return completion_scores(config, params, prompt_tokens, prompt_mask, completion_tokens,
+                             temperature=temperature, chunk_size=chunk_size)[0]

@@ -7,11 +7,11 @@ the tokenizer's EOS, so the model learns to stop), m_nj: 1 on the target's real 
 included), 0 on its right padding; prompt tokens are never scored. The loss is a mean over target
 tokens of the whole batch (token-level, like "bnpo"): long targets weigh more than short ones.
 
-GRPO follows SFT on the same model, sharding and optimizer: the logits come from
-`scoring.completion_logits` (the one function that scores GRPO completions, so the off-by-one
-shift lives in one place), the state is `train_step.TrainState` from `train_step.init_state`, the
-optimizer `train_step.make_optimizer`, and the jitted step has explicit shardings and donates the
-state, as `train_step.jit_train_step` does.
+GRPO follows SFT on the same model, sharding and optimizer: the log-probs come from
+`scoring.completion_scores` (the one function that scores GRPO completions, so the off-by-one
+shift lives in one place; its chunked LM head never holds the [N, T, V] logits), the state is
+`train_step.TrainState` from `train_step.init_state`, the optimizer `train_step.make_optimizer`,
+and the jitted step has explicit shardings and donates the state, as `train_step.jit_train_step` does.
 
 Data: `run_sft` reads `example_fn(index)` (a pure function of the index, e.g.
 `functools.partial(arithmetic.example, seed)`): batch i holds indices [i*batch_size,
@@ -29,7 +29,6 @@ import numpy as np
 import optax
 
 from grpo_jax import evaluate as evaluate_lib
-from grpo_jax import losses
 from grpo_jax import model as model_lib
 from grpo_jax import sharding
 from grpo_jax import tokenizer as tokenizer_lib
@@ -89,21 +88,26 @@ def encode_sft_batch(tokenizer, prompts: list[str], targets: list[str], *, max_p
     return SFTBatch(prompt_tokens, prompt_mask, target_tokens, target_mask)
 
 
-def _token_nll(model_config, params, prompt_tokens, prompt_mask, target_tokens):
-    """(-log p f32[N, T], logits f32[N, T, V]) of every target token, scored like GRPO completions."""
-    logits = scoring.completion_logits(model_config, params, prompt_tokens, prompt_mask, target_tokens)
-    return -losses.token_logps(logits, target_tokens, temperature=1.0), logits
+def _token_nll(model_config, params, prompt_tokens, prompt_mask, target_tokens, *, argmax=False,
+               chunk_size=None):
+    """(-log p f32[N, T], stats) of every target token, scored like GRPO completions (the chunked LM
+    head of `scoring.completion_scores`: no [N, T, V] logits); stats["argmax"] i32[N, T] when asked."""
+    logps, stats = scoring.completion_scores(model_config, params, prompt_tokens, prompt_mask, target_tokens,
+                                             temperature=1.0, argmax=argmax, chunk_size=chunk_size)
+    return -logps, stats
 
 
 def sft_loss(model_config: model_lib.ModelConfig, params, prompt_tokens, prompt_mask, target_tokens,
-             target_mask) -> tuple[jax.Array, dict]:
+             target_mask, *, chunk_size: int | None = None) -> tuple[jax.Array, dict]:
     """Mean -log p over the batch's target tokens; metrics `loss`, `token_accuracy` (greedy
-    argmax == target, over the same tokens) and `num_tokens`."""
-    nll, logits = _token_nll(model_config, params, prompt_tokens, prompt_mask, target_tokens)  # [N, T]
+    argmax == target, over the same tokens) and `num_tokens`. `chunk_size`: token rows per LM-head
+    chunk (`scoring.completion_scores`; None: its default)."""
+    nll, stats = _token_nll(model_config, params, prompt_tokens, prompt_mask, target_tokens,
+                            argmax=True, chunk_size=chunk_size)  # [N, T]
     mask = target_mask.astype(jnp.float32)
     count = jnp.maximum(mask.sum(), 1.0)  # an all-padding batch gives loss 0, not NaN
     loss = (nll * mask).sum() / count
-    correct = (jnp.argmax(logits, axis=-1) == target_tokens).astype(jnp.float32)  # [N, T]
+    correct = (stats["argmax"] == target_tokens).astype(jnp.float32)  # [N, T]
     metrics = {"loss": loss, "token_accuracy": jax.lax.stop_gradient((correct * mask).sum() / count),
                "num_tokens": mask.sum()}
     return loss, metrics

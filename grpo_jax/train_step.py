@@ -41,7 +41,7 @@ import optax
 from grpo_jax import losses
 from grpo_jax import model as model_lib
 from grpo_jax import sharding
-from grpo_jax.scoring import completion_logits  # the one scoring function, shared with SFT
+from grpo_jax.scoring import completion_scores  # the one scoring function, shared with SFT
 
 
 SCHEDULES = ("constant", "cosine")  # learning-rate schedules (optim.schedule)
@@ -117,10 +117,8 @@ def optimizer_from_config(config) -> optax.GradientTransformation:
         total_steps=config.train.steps * config.grpo.num_iterations * config.train.steps_per_generation)
 
 
-def _entropy(logits, temperature, mask):
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / jnp.where(temperature > 0, temperature, 1.0))
-    ent = -(jnp.exp(logp) * logp).sum(-1)  # [N, T]
-    return (ent * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+def _masked_mean(x, mask):
+    return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
 def _split(x, num_minibatches):
@@ -137,7 +135,7 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
                      loss_type: str = "grpo", importance_level: str = "token",
                      num_iterations: int = 1, num_minibatches: int = 1, steps_per_generation: int = 1,
                      use_reference: bool = True, max_completion_length: int | None = None,
-                     lora: bool = False):
+                     lora: bool = False, chunk_size: int | None = None):
     """Returns the pure step `(state, ref_params, batch, hparams) -> (state, metrics)`.
 
     Not jitted: `jit_train_step` adds shardings and donation; tests and sweeps may vmap it first.
@@ -147,6 +145,9 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
     trained and held in the optimizer state, and the second argument is the frozen base model. The
     policy is the base with the adapters on (`model.merge_lora`), the reference the base itself with
     them off: no second copy of the weights (TRL + PEFT do the same).
+
+    `chunk_size`: token rows per LM-head chunk when scoring (`scoring.completion_scores`; None: its
+    default, LOGITS_BUDGET // V rows).
     """
     if loss_type not in losses.LOSS_TYPES:
         raise ValueError(f"grpo.loss_type must be one of {losses.LOSS_TYPES}, got {loss_type!r}")
@@ -157,13 +158,14 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
     def policy(params, frozen):  # the model the trained params stand for
         return model_lib.merge_lora(frozen, params) if lora else params
 
-    def scored_logps(params, mb: Batch, hp: HParams):
-        logits = completion_logits(model_config, params, mb.prompt_tokens, mb.prompt_mask,
-                                   mb.completion_tokens)
-        return logits, losses.token_logps(logits, mb.completion_tokens, temperature=hp.temperature)
+    def scored_logps(params, mb: Batch, hp: HParams, *, entropy=False):
+        # Chunked LM head (scoring.py): no [N, T, V] logits, in the gradient pass or out of it.
+        return completion_scores(model_config, params, mb.prompt_tokens, mb.prompt_mask, mb.completion_tokens,
+                                 temperature=hp.temperature, chunk_size=chunk_size, entropy=entropy)
 
     def minibatch_loss(params, frozen, mb: Batch, old_logps, ref_logps, weight, on_policy, hp: HParams):
-        logits, logps = scored_logps(policy(params, frozen), mb, hp)
+        # The entropy metric comes out of the same chunk loop with no gradient (stop_gradient there).
+        logps, stats = scored_logps(policy(params, frozen), mb, hp, entropy=True)
         if old_logps is None:  # first update of the call: on-policy by construction
             old_logps = jax.lax.stop_gradient(logps)
         elif on_policy is not None:  # K > 1: a traced "params not moved yet" flag (k == 0)
@@ -172,7 +174,7 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             logps, old_logps, ref_logps, mb.advantages, mb.completion_mask, epsilon=hp.epsilon,
             epsilon_high=hp.epsilon_high, beta=hp.beta, loss_type=loss_type,
             importance_level=importance_level, max_completion_length=max_completion_length)
-        metrics["entropy"] = _entropy(jax.lax.stop_gradient(logits), hp.temperature, mb.completion_mask)
+        metrics["entropy"] = _masked_mean(stats["entropy"], mb.completion_mask.astype(jnp.float32))
         return loss * weight, (metrics, jax.lax.stop_gradient(logps))
 
     grad_fn = jax.grad(minibatch_loss, has_aux=True)
@@ -198,7 +200,7 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
 
         def forward_all(p):  # [K, M, N/(KM), T] log-probs of every chunk, no gradient
             flat = Batch(*(x.reshape(K * M, *x.shape[2:]) for x in mbs))
-            _, out = jax.lax.scan(lambda _, mb: (None, scored_logps(p, mb, hp)[1]), None, flat)
+            _, out = jax.lax.scan(lambda _, mb: (None, scored_logps(p, mb, hp)[0]), None, flat)
             return jax.lax.stop_gradient(out.reshape(K, M, *out.shape[1:]))
 
         frozen = ref_params if lora else None  # LoRA: the base model, adapters off = the reference
