@@ -1,0 +1,560 @@
+"""Will it fit? `python -m grpo_jax.plan --config experiments/NAME.py --topology v5e-8 [--config.a.b=v ...]`
+
+Compiles the run's train step and sampler ahead of time for a TPU topology, from any CPU machine
+(the TPU compiler ships in the `libtpu` wheel: `pip install 'grpo_jax[tpu]'`), or for this machine's
+own backend (`--topology cpu`). Nothing is allocated and no weight is read: the parameters, the
+optimizer state, the reference and the batch are `jax.ShapeDtypeStruct`s carrying the shardings the
+trainer gives them (`sharding.param_shardings`, `train_step.state_shardings`, `batch_sharding`), and
+a `model.path` contributes only its config.json.
+
+Printed per chip (the numbers XLA's memory analysis gives for one device of the mesh):
+    weights, optimizer state, reference, batch   analytic, from each array's shard shape
+    train step    arguments + temporaries = peak (params, optimizer state, reference, batch in;
+                  the state is donated, so the outputs reuse its buffers)
+    sampler       its peak (it gathers the params replicated: one full copy per chip), plus what
+                  stays resident while it runs (optimizer state, reference; with LoRA the base and
+                  the adapters' state next to the merged params it samples with)
+    per chip      max of the two phases, against the chip's usable HBM
+    FLOPs         per GRPO step, analytic (cost_analysis counts a loop body once, not per trip):
+                  matmuls 2*rows*(D*(2*H*hd + 2*KV*hd) + 3*D*F) per layer, causal attention
+                  4*H*hd*ctx per token per layer, LM head 2*D*V on the positions needing logits;
+                  sampling = prefill over P + T-1 decode steps (N rows), reference = one forward over
+                  P+T (beta > 0), policy = 3 x that forward per pass (mu passes), plus one forward
+                  for the old log-probs when train.steps_per_generation > 1
+                  (benchmarks/grpo_step.py's formula).
+    remat         `.remat` instructions in the compiled HLO: near the limit the TPU compiler silently
+                  recomputes tensors to fit (slower steps, no error).
+    max B         the largest train.prompts_per_step that fits: an ESTIMATE from one compile (the
+                  temporaries taken as linear in B, conservative since some are fixed), or with
+                  `--search N` up to N more compiles of the train step, doubling / halving B.
+Running out of HBM is a compile error on TPU (RESOURCE_EXHAUSTED ... CompileTimeHbmOom: "required
+(19.72G) exceeds available HBM (15.75G)"): it is reported as fits=false with both numbers.
+
+The last line is for scripts:
+    RESULT fits=true|false per_chip_gib=... hbm_gib=... temp_gib=... params_gib=... opt_state_gib=...
+           flops_per_step=... compile_s=...
+(per_chip_gib: the larger phase; temp_gib: the train step's temporaries, or the sampler's when they
+are larger; compile_s: both compiles together). Exit status 0 whether or not it fits, 2 on errors.
+
+Topologies: v5e-N / v6e-N (N chips: 1, 4, 8 on one host; 16 and more as hosts of 2x2 chips), v5p-N /
+v4-N (N TensorCores = 2 per chip, hosts of 2x2x1 chips, v4 as megacore), or the explicit forms
+`v5e:4x4`, `v5p:2x2x2` (hosts of up to 2x2x1 chips beyond 8 chips). Multi-host topologies compile
+from this one process: the compile-only devices of every host are visible.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import re
+import sys
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from grpo_jax import build
+from grpo_jax import config as cfg_lib
+from grpo_jax import model as model_lib
+from grpo_jax import sampling
+from grpo_jax import sharding
+from grpo_jax import tokenizer as tok_lib
+from grpo_jax import train_step as ts
+
+GiB = 1024 ** 3
+LIBTPU_PIN = "0.0.42"  # jax 0.10.2's [tpu] extra pins libtpu 0.0.42.*; pyproject's `tpu` extra too
+# Usable HBM per chip (GiB): what the TPU compiler allows (v5e: 16 GiB chips, 15.75 measured in its
+# CompileTimeHbmOom message); the others are the nominal size minus the same 1/64 reserve.
+HBM_GIB = {"v5e": 15.75, "v6e": 31.5, "v5p": 93.5, "v4": 31.5}
+USAGE = ("usage: python -m grpo_jax.plan --config experiments/NAME.py --topology v5e-8|v5e:4x4|cpu "
+         "[--search N] [--config.section.key=value ...]")
+
+
+class PlanError(Exception):
+    """A plan that cannot be made (no libtpu, unknown topology, unsupported model file)."""
+
+
+class Topology(NamedTuple):
+    name: str  # as given
+    generation: str  # v5e, v6e, v5p, v4, or cpu
+    devices: list
+    hosts: int
+    hbm_gib: float  # usable memory per chip
+
+
+# ------------------------------------------------------------------------------------ topology
+def _dims_2d(chips: int) -> tuple[int, int]:
+    table = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+    if chips not in table:
+        raise PlanError(f"no v5e/v6e slice has {chips} chips; use one of {sorted(table)}")
+    return table[chips]
+
+
+def _dims_3d(chips: int) -> tuple[int, int, int]:
+    table = {1: (1, 1, 1), 4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
+             128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8)}
+    if chips not in table:
+        raise PlanError(f"no v5p/v4 slice has {chips} chips; use a TensorCore count of {sorted(2 * c for c in table)}")
+    return table[chips]
+
+
+def parse_topology(name: str) -> tuple[str, str, tuple[int, int, int]]:
+    """Friendly or explicit topology name -> (generation, libtpu topology name, chips per host).
+
+    v5e-8 -> ("v5e", "v5e:2x4", (2, 4, 1)); v5e-16 -> ("v5e", "v5e:4x4", (2, 2, 1)): 4 hosts;
+    v5p-16 -> ("v5p", "v5p:2x2x2", (2, 2, 1)); "v5e:4x4" as given, hosts of up to 2x2 chips.
+    """
+    m = re.fullmatch(r"(v5e|v6e|v5p|v4)([-:])(\d+(?:x\d+)*)", name.strip().lower().replace("v5litepod", "v5e"))
+    if not m:
+        raise PlanError(f"unknown topology {name!r}: use v5e-8, v6e-4, v5p-16, v4-8, an explicit "
+                        f"v5e:4x4 / v5p:2x2x2, or cpu")
+    gen, sep, rest = m.groups()
+    flat = gen in ("v5e", "v6e")
+    if sep == "-" and "x" not in rest:
+        count = int(rest)
+        if flat:
+            dims = _dims_2d(count)
+        else:  # v5p-N / v4-N count TensorCores, 2 per chip
+            if count % 2:
+                raise PlanError(f"{name}: v5p/v4 names count TensorCores (2 per chip); use an even number")
+            dims = _dims_3d(count // 2)
+    else:
+        dims = tuple(int(d) for d in rest.split("x"))
+        if len(dims) != (2 if flat else 3):
+            raise PlanError(f"{name}: {gen} topologies are {'AxB' if flat else 'AxBxC'}")
+    chips = math.prod(dims)
+    dims3 = (*dims, 1) if flat else dims
+    if flat and chips <= 8:
+        per_host = dims3  # v5e/v6e: up to 8 chips on one host
+    else:
+        per_host = tuple(min(d, b) for d, b in zip(dims3, (2, 2, 1)))
+    return gen, f"{gen}:{'x'.join(map(str, dims))}", per_host
+
+
+def check_libtpu() -> str:
+    """The installed libtpu version; a PlanError saying what to install when it is absent."""
+    if importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"):
+        raise PlanError(
+            "libtpu is not installed, so there is no TPU compiler on this machine. Install the `tpu` "
+            f"extra (pip install 'grpo_jax[tpu]', i.e. libtpu=={LIBTPU_PIN}.*, the version jax "
+            f"{jax.__version__} pins) or plan for this machine's own backend with --topology cpu.")
+    try:
+        return importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (TPU_LIBRARY_PATH)"
+
+
+def get_topology(name: str) -> Topology:
+    if name == "cpu":
+        devices = jax.devices()
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+        # Simulated CPU devices share the host's memory: each one's share is the budget.
+        return Topology(name, "cpu", devices, 1, total / len(devices))
+    gen, topo_name, per_host = parse_topology(name)
+    version = check_libtpu()
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{gen}-{topo_name.split(':')[1]}")  # silences warnings
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # libtpu takes a machine-wide lock file meant for real chips; compile-only devices need none, and
+    # without this a second plan (or a test) running at the same time fails with "ABORTED ... lockfile".
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+    try:
+        topo = topologies.get_topology_desc(
+            platform="tpu", topology_name=topo_name, chip_config_name="megacore" if gen == "v4" else "default",
+            chips_per_host_bounds=per_host, num_slices=1)
+    except Exception as error:  # noqa: BLE001  (libtpu raises RuntimeError / JaxRuntimeError / its own)
+        hint = ("" if version.startswith(LIBTPU_PIN) else
+                f" Installed libtpu {version} does not match the {LIBTPU_PIN}.* that jax {jax.__version__} "
+                f"pins: pip install 'libtpu=={LIBTPU_PIN}.*' (the grpo_jax[tpu] extra).")
+        raise PlanError(f"libtpu {version} could not build topology {topo_name} "
+                        f"(chips per host {per_host}): {str(error).splitlines()[0] if str(error) else error!r}.{hint}") from None
+    devices = list(topo.devices)
+    hosts = len({getattr(d, "process_index", 0) for d in devices})
+    return Topology(name, gen, devices, hosts, HBM_GIB[gen])
+
+
+# ------------------------------------------------------------------------------------ model
+def model_config(config: cfg_lib.Config, tokenizer) -> model_lib.ModelConfig:
+    """The run's ModelConfig without any weight: config.json of `model.path`, or the architecture in
+    the `model` section (as weights.from_config builds it for a random init)."""
+    from grpo_jax import weights as weights_lib
+    m = config.model
+    lora = dict(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=m.lora_targets)
+    if m.path:
+        path = pathlib.Path(m.path)
+        if path.suffix == ".gguf":
+            raise PlanError(f"model.path {m.path!r}: plan reads Hugging Face directories (config.json); "
+                            f"for a GGUF model give its architecture in the model section instead")
+        file = path / "config.json"
+        if not file.is_file():
+            raise cfg_lib.ConfigError(f"config key `model.path`: {str(file)!r} does not exist")
+        mc = weights_lib._config_from_hf(json.loads(file.read_text()), file=file, dtype=m.dtype,
+                                         param_dtype=m.param_dtype)
+        return dataclasses.replace(mc, **lora)
+    vocab = m.vocab_size or len(tokenizer)
+    return model_lib.ModelConfig(
+        vocab_size=vocab, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, intermediate_size=m.intermediate_size,
+        rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_eps, tie_embeddings=m.tie_embeddings,
+        attention_bias=m.attention_bias, max_position_embeddings=m.max_position_embeddings, dtype=m.dtype,
+        param_dtype=m.param_dtype, **lora)
+
+
+def _with_shardings(abstract, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
+def per_chip_bytes(tree) -> int:
+    """Bytes of one device's shard of every array in an abstract tree (ShapeDtypeStruct + sharding)."""
+    def one(x):
+        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        return math.prod(shape) * jnp.dtype(x.dtype).itemsize
+    return sum(one(x) for x in jax.tree.leaves(tree))
+
+
+# ------------------------------------------------------------------------------------ FLOPs
+def _layer_matmul_flops(c, rows: float) -> float:
+    d, f, hd = c.hidden_size, c.intermediate_size, c.head_dim
+    return 2.0 * rows * (d * (2 * c.num_heads * hd + 2 * c.num_kv_heads * hd) + 3 * d * f)
+
+
+def _forward_flops(c, rows: float, ctx_sum: float, head_rows: float) -> float:
+    attn = 4.0 * c.num_heads * c.head_dim * ctx_sum
+    return c.num_layers * (_layer_matmul_flops(c, rows) + attn) + 2.0 * head_rows * c.hidden_size * c.vocab_size
+
+
+def step_flops(c: model_lib.ModelConfig, *, n: int, p: int, t: int, use_reference: bool,
+               num_iterations: int = 1, steps_per_generation: int = 1) -> dict:
+    """Analytic FLOPs of one GRPO step over the padded shapes (module docstring)."""
+    prefill = _forward_flops(c, n * p, n * p * (p + 1) / 2, n)
+    decode = sum(_forward_flops(c, n, n * (p + s), n) for s in range(1, t))
+    full = _forward_flops(c, n * (p + t), n * (p + t) * (p + t + 1) / 2, n * t)
+    return {"sample": prefill + decode, "reference": full if use_reference else 0.0,
+            "old_logps": full if steps_per_generation > 1 else 0.0, "policy": 3.0 * full * num_iterations}
+
+
+# ------------------------------------------------------------------------------------ compile
+class Compiled(NamedTuple):
+    ok: bool
+    seconds: float
+    args: int  # bytes per chip
+    temp: int
+    code: int  # generated code (counted in the peak on TPU)
+    peak: int
+    remat: int  # `.remat` instructions in the compiled HLO
+    required: float | None  # GiB the compiler asked for, when out of HBM
+    available: float | None
+
+
+_UNITS = {"": 1 / GiB, "B": 1 / GiB, "K": 1 / 1024 ** 2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}
+
+
+def _oom_numbers(message: str) -> tuple[float | None, float | None]:
+    """'... (19.72G) exceeds available HBM (15.75G)' -> (19.72, 15.75) in GiB."""
+    m = re.search(r"\(([\d.]+)\s*([KMGT]?)i?B?\)\s*exceeds\s+available\s+HBM\s*\(([\d.]+)\s*([KMGT]?)i?B?\)", message)
+    if not m:
+        return None, None
+    return float(m.group(1)) * _UNITS[m.group(2)], float(m.group(3)) * _UNITS[m.group(4)]
+
+
+def compile_one(jitted, *args, **kwargs) -> Compiled:
+    start = time.perf_counter()
+    try:
+        compiled = jitted.lower(*args, **kwargs).compile()
+    except Exception as error:  # noqa: BLE001
+        text = str(error)
+        if "RESOURCE_EXHAUSTED" not in text and "HbmOom" not in text:
+            raise
+        required, available = _oom_numbers(text)
+        if required is None:
+            print(f"out of memory, unparsed: {text[:2000]}", file=sys.stderr)
+        return Compiled(False, time.perf_counter() - start, 0, 0, 0, 0, 0, required, available)
+    seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    args_b = int(getattr(mem, "argument_size_in_bytes", 0) or 0)
+    temp = int(getattr(mem, "temp_size_in_bytes", 0) or 0)
+    out = int(getattr(mem, "output_size_in_bytes", 0) or 0)
+    alias = int(getattr(mem, "alias_size_in_bytes", 0) or 0)
+    code = int(getattr(mem, "generated_code_size_in_bytes", 0) or 0)
+    # The TPU compiler's peak counts arguments, temporaries and code; the CPU one may not count the
+    # arguments: never report less than what is live at once by the sizes alone.
+    peak = max(int(getattr(mem, "peak_memory_in_bytes", 0) or 0), args_b + temp + max(out - alias, 0))
+    try:
+        remat = len(re.findall(r"%\S*\.remat\S*\s*=", compiled.as_text()))
+    except Exception:  # noqa: BLE001  (no HLO text on some backends)
+        remat = 0
+    return Compiled(True, seconds, args_b, temp, code, peak, remat, None, None)
+
+
+class Programs(NamedTuple):
+    """Everything needed to compile the step and the sampler for one batch size."""
+    train: Any  # (prompts_per_step) -> Compiled
+    sample: Any  # () -> Compiled
+    resident: dict  # name -> bytes per chip
+    model_config: model_lib.ModelConfig
+
+
+def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
+    c, g = config, config.grpo
+    data, fsdp = cfg_lib.mesh_shape(c, len(topo.devices))
+    mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=topo.devices[: data * fsdp])
+    tokenizer = tok_lib.from_config(c)
+    eos_ids = tok_lib.eos_token_ids(tokenizer, c.model.path or None)
+    mc = model_config(c, tokenizer)
+    key = jax.random.key(0)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    base = jax.eval_shape(lambda k: model_lib.init_params(mc, k), key)
+    base = _with_shardings(base, sharding.param_shardings(mesh, base))
+    lora = mc.lora_rank > 0
+    use_reference = g.beta > 0
+    optimizer = ts.optimizer_from_config(c)
+    if lora:
+        trained = jax.eval_shape(lambda k: model_lib.init_lora(mc, k), key)
+        trained = _with_shardings(trained, sharding.param_shardings(mesh, trained))
+        second = base
+    else:
+        trained = base
+        second = None
+        if use_reference:
+            ref = jax.eval_shape(lambda p: build.reference_params(mc, p), base)
+            second = _with_shardings(ref, sharding.param_shardings(mesh, ref))
+    state_sh = ts.state_shardings(mesh, optimizer, trained)
+    opt_state = _with_shardings(jax.eval_shape(optimizer.init, trained), state_sh.opt_state)
+    state = ts.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trained, opt_state)
+    second_sh = jax.tree.map(lambda x: x.sharding, second) if second is not None else None
+    step_fn = ts.jit_train_step(
+        ts.build_train_step(mc, optimizer, loss_type=g.loss_type, importance_level=g.importance_level,
+                            num_iterations=g.num_iterations, num_minibatches=c.train.num_minibatches,
+                            steps_per_generation=c.train.steps_per_generation, use_reference=use_reference,
+                            max_completion_length=c.sampling.max_new_tokens, lora=lora),
+        mesh, state_sh, second_sh)
+    hp = ts.HParams(*([jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)] * 4))
+    P, T = c.sampling.max_prompt_length, c.sampling.max_new_tokens
+
+    def rows(b):
+        return b * g.group_size
+
+    def sds(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+
+    def train(b):
+        n = rows(b)
+        batch = ts.Batch(sds((n, P), jnp.int32), sds((n, P), jnp.int32), sds((n, T), jnp.int32),
+                         sds((n, T), jnp.float32), sds((n,), jnp.float32))
+        return compile_one(step_fn, state, second, batch, hp)
+
+    def sample():
+        n = rows(c.train.prompts_per_step)
+        # The sampler runs on the policy: the trained params, or with LoRA the merged base (same shapes).
+        policy = base if lora else trained
+        prompt_sh = sharding.batch_sharding(mesh, 2) if mesh.size > 1 else None
+        key_sds = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+        return compile_one(sampling._sample_jit, mc, policy, sds((n, P), jnp.int32), sds((n, P), jnp.int32),
+                           key_sds, jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
+                           jax.ShapeDtypeStruct((len(eos_ids),), jnp.int32, sharding=replicated),
+                           max_new_tokens=T, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
+                           prompt_sharding=prompt_sh)
+
+    n = rows(c.train.prompts_per_step)
+    batch_bytes = (2 * n * P * 4 + 2 * n * T * 4 + n * 4) // len(topo.devices[: data * fsdp])
+    resident = {"weights": per_chip_bytes(trained if not lora else base),
+                "adapters": per_chip_bytes(trained) if lora else 0,
+                "opt_state": per_chip_bytes(opt_state),
+                "reference": per_chip_bytes(second) if use_reference and not lora else 0,
+                "batch": batch_bytes, "mesh": (data, fsdp)}
+    return Programs(train, sample, resident, mc)
+
+
+# ------------------------------------------------------------------------------------ report
+def _gib(x: float) -> str:
+    return f"{x / GiB:.3f}"
+
+
+def _fit_batches(config: cfg_lib.Config, devices: int) -> int:
+    """prompts_per_step must give N = B*G divisible by devices * K * M (batch sharding and the split)."""
+    unit = devices * config.train.steps_per_generation * config.train.num_minibatches
+    return unit // math.gcd(unit, config.grpo.group_size)
+
+
+def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -> dict:
+    data, fsdp = cfg_lib.mesh_shape(config, len(topo.devices))
+    cfg_lib.validate(config, num_devices=len(topo.devices))
+    progs = build_programs(config, topo)
+    mc, res = progs.model_config, progs.resident
+    B, G = config.train.prompts_per_step, config.grpo.group_size
+    P, T = config.sampling.max_prompt_length, config.sampling.max_new_tokens
+    hbm = topo.hbm_gib * GiB
+
+    def say(line=""):
+        print(line, file=out or sys.stdout, flush=True)
+
+    say(f"plan: {topo.name} ({topo.generation}, {len(topo.devices)} chips over {topo.hosts} host(s), "
+        f"{topo.hbm_gib:.2f} GiB usable per chip); mesh data={data} x fsdp={fsdp}")
+    say(f"model: D={mc.hidden_size} L={mc.num_layers} H={mc.num_heads}/KV={mc.num_kv_heads} hd={mc.head_dim} "
+        f"F={mc.intermediate_size} V={mc.vocab_size} params {mc.param_dtype} compute {mc.dtype}"
+        f"{f' LoRA r={mc.lora_rank}' if mc.lora_rank else ''}; batch B={B} x G={G} = {B * G} rows, "
+        f"P={P} + T={T} tokens, M={config.train.num_minibatches} K={config.train.steps_per_generation} "
+        f"mu={config.grpo.num_iterations} beta={config.grpo.beta}")
+    say("compiling the train step ...")
+    tr = progs.train(B)
+    say(f"  {tr.seconds:.1f} s")
+    say("compiling the sampler ...")
+    sp = progs.sample()
+    say(f"  {sp.seconds:.1f} s")
+    compile_s = tr.seconds + sp.seconds
+
+    lora = mc.lora_rank > 0
+    # While sampling, the train state and the reference stay resident next to the sampler's own
+    # arguments (with LoRA the sampler reads a merged copy; base and adapters stay too).
+    beside = res["opt_state"] + res["reference"] + (res["weights"] + res["adapters"] if lora else 0)
+    train_peak = tr.peak if tr.ok else (tr.required or 0) * GiB
+    sample_peak = sp.peak + beside if sp.ok else (sp.required or 0) * GiB + beside
+    per_chip = max(train_peak, sample_peak)
+    if not tr.ok and tr.available:
+        hbm = tr.available * GiB
+    elif not sp.ok and sp.available:
+        hbm = sp.available * GiB
+    fits = tr.ok and sp.ok and per_chip <= hbm
+    flops = step_flops(mc, n=B * G, p=P, t=T, use_reference=config.grpo.beta > 0 and not lora,
+                       num_iterations=config.grpo.num_iterations,
+                       steps_per_generation=config.train.steps_per_generation)
+    if lora and config.grpo.beta > 0:  # the reference is the base, adapters off: same forward
+        flops["reference"] = step_flops(mc, n=B * G, p=P, t=T, use_reference=True)["reference"]
+    total_flops = sum(flops.values())
+
+    say("")
+    say(f"per chip (GiB)          {'':>10}")
+    say(f"  weights               {_gib(res['weights']):>10}   ({mc.param_dtype}{', frozen base' if lora else ''})")
+    if lora:
+        say(f"  LoRA adapters         {_gib(res['adapters']):>10}")
+    say(f"  optimizer state       {_gib(res['opt_state']):>10}")
+    say(f"  reference             {_gib(res['reference']):>10}")
+    say(f"  batch                 {_gib(res['batch']):>10}")
+    if tr.ok:
+        say(f"  train step: args {_gib(tr.args)}, temporaries {_gib(tr.temp)}, code {_gib(tr.code)} -> peak {_gib(tr.peak)}"
+            f"{f'   ({tr.remat} .remat instructions: the compiler recomputes tensors to fit)' if tr.remat else ''}")
+    else:
+        say(f"  train step: OUT OF HBM at compile: requires {tr.required} GiB, available {tr.available} GiB")
+    if sp.ok:
+        say(f"  sampler:    args {_gib(sp.args)}, temporaries {_gib(sp.temp)}, code {_gib(sp.code)} -> peak {_gib(sp.peak)}"
+            f" + resident {_gib(beside)} = {_gib(sample_peak)}"
+            f"{f'   ({sp.remat} .remat instructions)' if sp.remat else ''}")
+    else:
+        say(f"  sampler:    OUT OF HBM at compile: requires {sp.required} GiB, available {sp.available} GiB")
+    say(f"  per chip peak         {_gib(per_chip):>10}  of {hbm / GiB:.2f} GiB usable -> "
+        f"{'FITS' if fits else 'DOES NOT FIT'}")
+    say(f"FLOPs per step (analytic, whole mesh): {total_flops:.4g} = sample {flops['sample']:.3g} + reference "
+        f"{flops['reference']:.3g} + old log-probs {flops['old_logps']:.3g} + policy fwd+bwd {flops['policy']:.3g}"
+        f"; per chip {total_flops / (data * fsdp):.4g}")
+
+    # Largest prompts_per_step.
+    unit = _fit_batches(config, data * fsdp)
+    max_b, how = None, ""
+    if search > 0 and tr.ok is not None:
+        lo, hi, b = (B, None, B * 2) if fits else (None, B, B // 2)
+        tries = 0
+        while tries < search and b and b >= unit:
+            b = max(unit, b // unit * unit)
+            say(f"search: compiling the train step at prompts_per_step={b} ...")
+            r = progs.train(b)
+            tries += 1
+            compile_s += r.seconds
+            ok = r.ok and r.peak + 0 <= hbm
+            say(f"  {'fits' if ok else 'does not fit'} ({_gib(r.peak) if r.ok else r.required} GiB, {r.seconds:.1f} s)")
+            if ok:
+                lo = b
+                b = b * 2 if hi is None else (lo + hi) // 2
+            else:
+                hi = b
+                b = b // 2 if lo is None else (lo + hi) // 2
+            if lo is not None and hi is not None and hi - lo <= unit:
+                break
+        max_b, how = lo, (f"searched: {tries} extra compile(s) of the train step" +
+                          ("" if hi is not None else ", upper end not reached"))
+    if max_b is None:
+        if tr.ok:
+            fixed = tr.args
+            per_prompt = tr.temp / B
+            room = hbm - fixed
+            sampler_per_prompt = sp.temp / B if sp.ok else 0.0
+            sroom = hbm - (sp.args + beside) if sp.ok else room
+            cand = min(room / per_prompt if per_prompt else math.inf,
+                       sroom / sampler_per_prompt if sampler_per_prompt else math.inf)
+        else:
+            fixed = res["weights"] + res["adapters"] + res["opt_state"] + res["reference"]
+            per_prompt = max(tr.required * GiB - fixed, 1) / B if tr.required else math.inf
+            cand = (hbm - fixed) / per_prompt
+        max_b = int(cand // unit * unit) if math.isfinite(cand) and cand >= unit else None
+        how = ("ESTIMATE from one compile, temporaries taken as linear in prompts_per_step (conservative); "
+               "--search N compiles to check")
+    say(f"largest prompts_per_step that fits: {max_b if max_b else 'none (not even ' + str(unit) + ')'}"
+        f"  [{how}; multiples of {unit}]")
+    if not fits:
+        say("to fit: raise train.num_minibatches (gradient accumulation), lower train.prompts_per_step or the "
+            "lengths, use model.lora_rank, mesh.fsdp, or model.dtype=bfloat16")
+    result = {"fits": fits, "per_chip_gib": per_chip / GiB, "hbm_gib": hbm / GiB,
+              "temp_gib": max(tr.temp if tr.ok else 0, sp.temp if sp.ok else 0) / GiB,
+              "params_gib": (res["weights"] + res["adapters"]) / GiB, "opt_state_gib": res["opt_state"] / GiB,
+              "flops_per_step": total_flops, "compile_s": compile_s,
+              "max_prompts_per_step": max_b, "remat": tr.remat + sp.remat,
+              "train_peak_gib": train_peak / GiB, "sample_peak_gib": sample_peak / GiB}
+    say(f"RESULT fits={'true' if fits else 'false'} per_chip_gib={per_chip / GiB:.4g} hbm_gib={hbm / GiB:.4g} "
+        f"temp_gib={result['temp_gib']:.4g} params_gib={result['params_gib']:.4g} "
+        f"opt_state_gib={result['opt_state_gib']:.4g} flops_per_step={total_flops:.4g} compile_s={compile_s:.1f}")
+    return result
+
+
+def parse_args(argv) -> tuple[cfg_lib.Config, str, int]:
+    path, topology, search, overrides = None, None, 0, []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, value = arg.partition("=")
+        if arg.startswith("--config."):
+            item = arg[len("--config."):]
+            if "=" not in item:
+                if not args:
+                    raise cfg_lib.ConfigError(f"{arg} needs a value")
+                item = f"{item}={args.pop(0)}"
+            overrides.append(item)
+            continue
+        if name not in ("--config", "--topology", "--search"):
+            raise cfg_lib.ConfigError(f"unknown argument {arg!r}; {USAGE}")
+        if not eq:
+            if not args:
+                raise cfg_lib.ConfigError(f"{arg} needs a value")
+            value = args.pop(0)
+        if name == "--config":
+            path = value
+        elif name == "--topology":
+            topology = value
+        else:
+            search = int(value)
+    if path is None or topology is None:
+        raise cfg_lib.ConfigError(USAGE)
+    return cfg_lib.load_config(path, overrides), topology, search
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(argv):
+        print(USAGE + "\n\n" + __doc__)
+        return 0
+    try:
+        config, topology, search = parse_args(argv)
+        topo = get_topology(topology)
+        plan(config, topo, search=search)
+    except (cfg_lib.ConfigError, PlanError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
