@@ -140,7 +140,7 @@ def sft_batch_shardings(mesh) -> SFTBatch:
 def jit_sft_step(step_fn, mesh, state_sh: train_step.TrainState):
     """jit with explicit in/out shardings; the train state is donated (updated in place)."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(step_fn, in_shardings=(state_sh, sft_batch_shardings(mesh)),
+    return jax.jit(sharding.under_mesh(step_fn, mesh), in_shardings=(state_sh, sft_batch_shardings(mesh)),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))
 
 

@@ -200,3 +200,12 @@ def init_params_sharded(config: model_lib.ModelConfig, key: jax.Array, mesh: Mes
 
     abstract = jax.eval_shape(init, key)
     return jax.jit(init, out_shardings=param_shardings(mesh, abstract, rules=rules))(key)
+
+
+def under_mesh(fn, mesh: Mesh):
+    """fn traced under `mesh`'s abstract mesh, so that the model's activation constraints
+    (`model.batch_sharded`) know the batch axes. The jitted step and SFT step use it."""
+    def traced(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+    return traced

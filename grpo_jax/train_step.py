@@ -287,5 +287,5 @@ def jit_train_step(step_fn, mesh, state_sh: TrainState, ref_params_sh):
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sh = Batch(*(sharding.batch_sharding(mesh, nd) for nd in (2, 2, 2, 2, 1)))
     hp_sh = HParams(*([replicated] * 4))
-    return jax.jit(step_fn, in_shardings=(state_sh, ref_params_sh, batch_sh, hp_sh),
+    return jax.jit(sharding.under_mesh(step_fn, mesh), in_shardings=(state_sh, ref_params_sh, batch_sh, hp_sh),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))

@@ -211,3 +211,25 @@ def test_apply_on_4x2_mesh_equals_single_device():
                  jax.device_put(mask, sharding.batch_sharding(mesh)))
     assert len(out.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+def test_activations_stay_batch_sharded_under_the_trainers_mesh():
+    # The embedding is sharded along D ("embed" -> fsdp); the gathered activations would inherit
+    # that D sharding. Traced under the mesh (as the train step is), they are batch-sharded.
+    import jax.numpy as jnp
+
+    from grpo_jax import model as model_lib
+
+    mesh = sharding.make_mesh(data=4, fsdp=2)
+    cfg = model_lib.ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                head_dim=16, intermediate_size=64)
+    params = sharding.init_params_sharded(cfg, jax.random.key(0), mesh)
+    assert params["embed_tokens"]["embedding"].sharding.spec == P(None, "fsdp")
+    tokens = jax.device_put(jnp.ones((16, 5), jnp.int32), sharding.batch_sharding(mesh))
+
+    def embed(p, t):
+        return model_lib.batch_sharded(p["embed_tokens"]["embedding"][t])
+
+    out = jax.jit(sharding.under_mesh(embed, mesh))(params, tokens)
+    assert out.sharding.spec[0] == ("data", "fsdp") and all(s is None for s in out.sharding.spec[1:])
+    assert jax.jit(embed)(params, tokens).shape == (16, 5, 32)  # no mesh context: unconstrained, works
