@@ -47,6 +47,7 @@ from grpo_jax import sampling, scoring, sharding, weights
 from grpo_jax import tokenizer as tok_lib
 from grpo_jax import train_step as ts
 from grpo_jax.build import make_put
+from grpo_jax.plan import forward_flops, layer_matmul_flops  # the one analytic FLOP count
 
 
 def prompt_texts(rng: np.random.Generator, n: int) -> list[str]:
@@ -60,17 +61,6 @@ def digit_reward(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------- FLOPs
-def _layer_matmul_flops(c, rows: int) -> float:
-    d, f, hd = c.hidden_size, c.intermediate_size, c.head_dim
-    return 2.0 * rows * (d * (2 * c.num_heads * hd + 2 * c.num_kv_heads * hd) + 3 * d * f)
-
-
-def forward_flops(c, rows: int, ctx_sum: float, head_rows: int) -> float:
-    """rows tokens through every layer, sum over tokens of attention context ctx_sum, head_rows logits."""
-    attn = 4.0 * c.num_heads * c.head_dim * ctx_sum
-    return c.num_layers * (_layer_matmul_flops(c, rows) + attn) + 2.0 * head_rows * c.hidden_size * c.vocab_size
-
-
 def step_flops(c, n: int, p: int, t: int, use_reference: bool) -> dict:
     # Sampling: prefill over P (causal: token i sees i+1 keys), LM head on the last slot only.
     prefill = forward_flops(c, n * p, n * p * (p + 1) / 2, n)
@@ -101,7 +91,7 @@ def matmul_gflops(c, rows: int, *, reps: int, tries: int = 5) -> float:
         return jax.lax.fori_loop(0, reps, body, x)
 
     run(x0, w).block_until_ready()
-    flops = reps * (_layer_matmul_flops(c, rows) + 2.0 * rows * d * v)
+    flops = reps * (layer_matmul_flops(c, rows) + 2.0 * rows * d * v)
     best = 0.0
     for _ in range(tries):
         start = time.perf_counter()

@@ -219,22 +219,24 @@ def per_chip_bytes(tree) -> int:
 
 
 # ------------------------------------------------------------------------------------ FLOPs
-def _layer_matmul_flops(c, rows: float) -> float:
+def layer_matmul_flops(c, rows: float) -> float:
     d, f, hd = c.hidden_size, c.intermediate_size, c.head_dim
     return 2.0 * rows * (d * (2 * c.num_heads * hd + 2 * c.num_kv_heads * hd) + 3 * d * f)
 
 
-def _forward_flops(c, rows: float, ctx_sum: float, head_rows: float) -> float:
+def forward_flops(c, rows: float, ctx_sum: float, head_rows: float) -> float:
+    """rows tokens through every layer, sum over tokens of attention context ctx_sum, head_rows logits
+    (also benchmarks/grpo_step.py's count)."""
     attn = 4.0 * c.num_heads * c.head_dim * ctx_sum
-    return c.num_layers * (_layer_matmul_flops(c, rows) + attn) + 2.0 * head_rows * c.hidden_size * c.vocab_size
+    return c.num_layers * (layer_matmul_flops(c, rows) + attn) + 2.0 * head_rows * c.hidden_size * c.vocab_size
 
 
 def step_flops(c: model_lib.ModelConfig, *, n: int, p: int, t: int, use_reference: bool,
                num_iterations: int = 1, steps_per_generation: int = 1) -> dict:
     """Analytic FLOPs of one GRPO step over the padded shapes (module docstring)."""
-    prefill = _forward_flops(c, n * p, n * p * (p + 1) / 2, n)
-    decode = sum(_forward_flops(c, n, n * (p + s), n) for s in range(1, t))
-    full = _forward_flops(c, n * (p + t), n * (p + t) * (p + t + 1) / 2, n * t)
+    prefill = forward_flops(c, n * p, n * p * (p + 1) / 2, n)
+    decode = sum(forward_flops(c, n, n * (p + s), n) for s in range(1, t))
+    full = forward_flops(c, n * (p + t), n * (p + t) * (p + t + 1) / 2, n * t)
     return {"sample": prefill + decode, "reference": full if use_reference else 0.0,
             "old_logps": full if steps_per_generation > 1 else 0.0, "policy": 3.0 * full * num_iterations}
 
