@@ -11,6 +11,7 @@ Qwen2 / Qwen2.5 / SmolLM2 (Llama) and GGUF stay covered by test_weights.py.
 import dataclasses
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,13 +80,6 @@ _apply = jax.jit(model.apply, static_argnums=0)
 
 def _our_logits(config, params, tokens=TOKENS, mask=MASK) -> np.ndarray:
     return np.asarray(_apply(config, params, jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
-
-
-def _assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module", params=["qwen3", "llama3"])
@@ -199,7 +193,7 @@ def test_save_hf_round_trip(checkpoint, tmp_path):
     np.testing.assert_array_equal(_torch_logits(reloaded), _torch_logits(m))  # same weights, same torch
     config2, params2 = weights.load_hf(out)
     assert config2 == config
-    _assert_trees_equal(params2, params)
+    chex.assert_trees_all_equal(params2, params, strict=True)
 
 
 def test_save_hf_of_fresh_params_loads_in_transformers(tmp_path):
@@ -309,4 +303,4 @@ def test_load_with_mesh(checkpoint):
     target = sharding.param_shardings(mesh, jax.eval_shape(lambda: expected))
     for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(target)):
         assert x.sharding == s
-    _assert_trees_equal(params, expected)
+    chex.assert_trees_all_equal(params, expected, strict=True)

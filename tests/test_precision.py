@@ -17,6 +17,8 @@ from grpo_jax import sharding
 from grpo_jax import train_step as ts
 from grpo_jax.model import ModelConfig
 
+from test_model import _params
+
 CFG = ModelConfig(vocab_size=64, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                   intermediate_size=128, tie_embeddings=False, attention_bias=True)
 MIXED = ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16"})  # f32 params, bf16 compute
@@ -29,22 +31,6 @@ STEPS, LR = 20, 1e-6
 @functools.partial(jax.jit, static_argnums=0)
 def _apply(config, params, tokens, mask):
     return model.apply(config, params, tokens, attention_mask=mask)
-
-
-def _random_params(seed=0):
-    """f32 init params with random norm scales and biases too (values that bf16 cannot hold exactly)."""
-    params = model.init_params(CFG, jax.random.key(seed))
-    leaves, treedef = jax.tree.flatten_with_path(params)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    out = []
-    for (path, leaf), k in zip(leaves, keys):
-        name = jax.tree_util.keystr(path)
-        if "bias" in name:
-            leaf = 0.1 * jax.random.normal(k, leaf.shape)
-        elif "scale" in name:
-            leaf = 1.0 + 0.2 * jax.random.normal(k, leaf.shape)
-        out.append(leaf)
-    return jax.tree.unflatten(treedef, out)
 
 
 def test_config_validates_both_dtypes():
@@ -72,7 +58,7 @@ def test_cast_params_casts_floating_leaves_only():
 
 
 def test_mixed_forward_is_bf16_compute_over_f32_params():
-    params = _random_params()
+    params = _params(CFG)  # f32 init with random norm scales and biases (values bf16 cannot hold)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     tokens = jax.random.randint(jax.random.key(2), (B, L), 0, CFG.vocab_size)
     mask = jnp.ones((B, L), jnp.int32).at[1, :3].set(0)  # one left-padded row

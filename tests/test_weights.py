@@ -8,6 +8,7 @@ import dataclasses
 import json
 import pathlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,13 +60,6 @@ def _our_logits(config, params, tokens=TOKENS, mask=MASK) -> np.ndarray:
     return np.asarray(model.apply(config, params, jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
 
 
-def _assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def checkpoint(request, tmp_path_factory):
     """(kind, torch model, its save_pretrained directory)."""
@@ -98,7 +92,7 @@ def test_sharded_checkpoint_loads_identically(checkpoint, tmp_path):
     config_a, params_a = weights.load_hf(path)
     config_b, params_b = weights.load_hf(tmp_path)
     assert config_a == config_b
-    _assert_trees_equal(params_a, params_b)
+    chex.assert_trees_all_equal(params_a, params_b, strict=True)
 
 
 def test_save_hf_round_trip(checkpoint, tmp_path):
@@ -110,7 +104,7 @@ def test_save_hf_round_trip(checkpoint, tmp_path):
     np.testing.assert_array_equal(_torch_logits(reloaded), _torch_logits(m))  # same weights, same torch
     config2, params2 = weights.load_hf(out)
     assert config2 == config
-    _assert_trees_equal(params2, params)
+    chex.assert_trees_all_equal(params2, params, strict=True)
     # Saving again over the same path replaces it atomically and leaves no temporary directory.
     weights.save_hf(out, config, params)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
@@ -130,7 +124,7 @@ def test_save_hf_of_fresh_bf16_params(tmp_path):
                                   np.asarray(q, np.float32).T)
     config2, params2 = weights.load_hf(tmp_path, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     assert config2 == config
-    _assert_trees_equal(params2, params)
+    chex.assert_trees_all_equal(params2, params, strict=True)
 
 
 def test_bf16_checkpoint_loads(tmp_path):
@@ -158,7 +152,7 @@ def test_bf16_compute_keeps_f32_params_by_default(checkpoint, tmp_path):
     config16, params16 = weights.load_hf(path, dtype=jnp.bfloat16)
     assert (config16.dtype, config16.param_dtype) == ("bfloat16", "float32")
     assert config16 == dataclasses.replace(config, dtype="bfloat16")
-    _assert_trees_equal(params16, params)  # every leaf f32, bit for bit
+    chex.assert_trees_all_equal(params16, params, strict=True)  # every leaf f32, bit for bit
     # The forward does run in bf16: close to transformers' f32 logits, but not at f32 parity
     # (measured max |diff| 0.12 / 0.09 on logits up to 6.2 / 5.2, qwen2 / llama: ~2%).
     ref = _torch_logits(m)
@@ -169,7 +163,7 @@ def test_bf16_compute_keeps_f32_params_by_default(checkpoint, tmp_path):
     assert saved["torch_dtype"] == saved["dtype"] == "float32"
     config2, params2 = weights.load_hf(out, dtype=jnp.bfloat16)
     assert config2 == config16
-    _assert_trees_equal(params2, params16)
+    chex.assert_trees_all_equal(params2, params16, strict=True)
 
 
 def test_load_hf_with_mesh_places_each_tensor(checkpoint):
@@ -185,7 +179,7 @@ def test_load_hf_with_mesh_places_each_tensor(checkpoint):
             assert x.sharding == s
         # fsdp shards the big kernels: the placement is not a trivial replication
         assert not params["embed_tokens"]["embedding"].sharding.is_fully_replicated
-        _assert_trees_equal(params, expected)
+        chex.assert_trees_all_equal(params, expected, strict=True)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -361,7 +355,7 @@ def test_load_gguf_matches_transformers_gguf_loading(tiny_llama, tmp_path):
     # dtype alone is the compute dtype: the params stay f32 (param_dtype asks for bf16 storage).
     config16, params16 = weights.load_gguf(path, dtype=jnp.bfloat16)
     assert config16 == dataclasses.replace(config, dtype="bfloat16")
-    _assert_trees_equal(params16, params)
+    chex.assert_trees_all_equal(params16, params, strict=True)
     _, params_bf16 = weights.load_gguf(path, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params_bf16))
 
