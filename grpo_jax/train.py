@@ -221,8 +221,13 @@ def initialize_distributed(argv: list) -> list:
             rest.append(arg)
     for name in ("coordinator_address", "num_processes", "process_id"):
         value = flags.get(name) or os.environ.get(f"JAX_{name.upper()}")
+        if value is not None and name != "coordinator_address":
+            try:
+                value = int(value)
+            except ValueError:
+                raise cfg_lib.ConfigError(f"--{name} (or JAX_{name.upper()}) must be an integer, got {value!r}") from None
         if value is not None:
-            flags[name] = value if name == "coordinator_address" else int(value)
+            flags[name] = value
     try:
         from jax._src import distributed
         if distributed.global_state.client is not None:  # started already (a second run in-process)

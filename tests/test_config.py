@@ -184,3 +184,11 @@ def test_dynamic_sampling_rounds_must_shard_over_the_mesh():
     with pytest.raises(ConfigError, match=r"`grpo.dynamic_sampling_factor` = 1.5 .*3 \* 4 is divisible by the mesh's 8"):
         validate(c, num_devices=8)
     validate(apply_overrides(c, ["grpo.dynamic_sampling_factor=2.0"]), num_devices=8)
+
+
+def test_distributed_flags_are_checked(monkeypatch):
+    from grpo_jax import train
+
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ConfigError, match=r"--num_processes \(or JAX_NUM_PROCESSES\) must be an integer, got 'two'"):
+        train.initialize_distributed(["--config", "x.py"])
