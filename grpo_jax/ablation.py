@@ -195,5 +195,6 @@ def held_out_accuracy(start: Start, stacked_params, *, size: int = 256) -> np.nd
         out.append(eval_lib.evaluate(s.model_config, params, s.tokenizer, task, key=jax.random.key(0),
                                      batch_size=c.train.eval_batch_size,
                                      max_prompt_length=c.sampling.max_prompt_length,
-                                     max_new_tokens=c.sampling.max_new_tokens, put=s.put)["eval_accuracy"])
+                                     max_new_tokens=c.sampling.max_new_tokens, put=s.put,
+                                     weight_layout=c.sampling.weight_layout)["eval_accuracy"])
     return np.asarray(out)

@@ -94,6 +94,8 @@ def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False) -> Setup:
     verifiers = rewards_lib.from_config(config, task)
     eos_ids = tok_lib.eos_token_ids(tokenizer, config.model.path or None)
     model_config, params = weights_lib.from_config(config, tokenizer, mesh)
+    if model_config.lora_rank > 0:  # the frozen base is only read through casts to the compute dtype:
+        params = model_lib.cast_params(params, model_config.dtype)  # store it so (7B in bf16: half)
     step = 0
     ckpt_dir = workdir / "checkpoints"
     if for_eval and ckpt_dir.exists():

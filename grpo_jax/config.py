@@ -26,9 +26,10 @@ from grpo_jax import ConfigError  # noqa: F401  (raised here; re-exported as con
 # Each set of allowed values lives once, in the module that implements it.
 from grpo_jax.advantages import SCALES as SCALE_REWARDS
 from grpo_jax.losses import IMPORTANCE_LEVELS, LOSS_TYPES
-from grpo_jax.model import DTYPES, LORA_TARGETS
+from grpo_jax.model import ATTENTION_IMPLS, DTYPES, LORA_TARGETS, REMAT_POLICIES
 from grpo_jax.rewards import BUILTIN_REWARDS
 from grpo_jax.rewards import STYLES as PROMPT_STYLES
+from grpo_jax.sampling import WEIGHT_LAYOUTS
 from grpo_jax.tasks import BUILTIN_TASKS, SOURCES
 from grpo_jax.tasks.arithmetic import WORKINGS
 from grpo_jax.tasks.records import ANSWER_FORMATS
@@ -56,6 +57,14 @@ class ModelSection:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: str = "q,k,v,o,gate,up,down"
+    # Memory / compile time / kernels of the training forward (the numbers do not change):
+    # scan_layers runs the layers under one lax.scan (one compiled layer instead of num_layers: use
+    # it for real models; the unrolled default is faster on CPU for small ones); remat is what each
+    # layer keeps for the backward: none | full | dots | dots_with_batch (grpo_jax.model.REMAT_POLICIES);
+    # attention: xla (CPU and anywhere) | cudnn (NVIDIA flash attention) | splash (TPU Pallas kernel).
+    scan_layers: bool = False
+    remat: str = "none"
+    attention: str = "xla"
     # Architecture of a random-init model (ignored when `path` is set: the checkpoint says).
     # vocab_size 0 means "the tokenizer's size".
     vocab_size: int = 0
@@ -69,6 +78,7 @@ class ModelSection:
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = True
     attention_bias: bool = True  # Qwen2-style q/k/v bias
+    qk_norm: bool = False  # Qwen3-style per-head RMSNorm on q and k
     max_position_embeddings: int = 512
 
 
@@ -150,6 +160,12 @@ class SamplingSection:
     top_p: float = 1.0
     max_prompt_length: int = 64
     max_new_tokens: int = 64
+    # Where the sampler keeps the weights on a mesh (grpo_jax.sampling): replicated (one full copy per
+    # chip, gathered once per sampler call; no collective on weights in the decode loop) | tensor
+    # (tensor-parallel over mesh.fsdp: MLP, attention heads and vocabulary split, 1/fsdp of the
+    # weights per chip; small activation collectives in each decode step). tensor fits models whose
+    # replicated weights would not fit beside the KV cache (a 7B model in bf16 on 16 GiB chips).
+    weight_layout: str = "replicated"
 
 
 @dataclasses.dataclass(slots=True)
@@ -413,6 +429,10 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
                                  config.sampling, config.optim, config.train, config.sft)
     _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
     _check(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype, f"one of {DTYPES}")
+    _check(m.remat in REMAT_POLICIES, "model.remat", m.remat, f"one of {tuple(REMAT_POLICIES)}")
+    _check(m.attention in ATTENTION_IMPLS, "model.attention", m.attention, f"one of {ATTENTION_IMPLS}")
+    _check(m.attention != "cudnn" or m.dtype == "bfloat16", "model.attention", m.attention,
+           "cudnn only with model.dtype=bfloat16 (cuDNN flash attention takes no float32)")
     _check(m.lora_rank >= 0, "model.lora_rank", m.lora_rank, ">= 0 (0 = full fine-tuning)")
     _check(m.lora_alpha > 0, "model.lora_alpha", m.lora_alpha, "> 0")
     targets = [x.strip() for x in m.lora_targets.split(",") if x.strip()]
@@ -474,6 +494,8 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(0 < s.top_p <= 1, "sampling.top_p", s.top_p, "in (0, 1]")
     _check(s.max_new_tokens >= 1, "sampling.max_new_tokens", s.max_new_tokens, ">= 1")
     _check(s.max_prompt_length >= 1, "sampling.max_prompt_length", s.max_prompt_length, ">= 1")
+    _check(s.weight_layout in WEIGHT_LAYOUTS, "sampling.weight_layout", s.weight_layout,
+           f"one of {WEIGHT_LAYOUTS}")
     _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
     _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {SCHEDULES}")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
@@ -530,13 +552,15 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
 
 # Allowed values of the keys that take one of a fixed set (for --help; validate checks the same sets).
 CHOICES = {
-    "model.dtype": DTYPES, "model.param_dtype": DTYPES,
+    "model.dtype": DTYPES, "model.param_dtype": DTYPES, "model.remat": tuple(REMAT_POLICIES),
+    "model.attention": ATTENTION_IMPLS,
     "task.name": tuple(BUILTIN_TASKS) + ("package.module:function",),
     "task.source": SOURCES, "task.prompt_style": PROMPT_STYLES, "task.working": WORKINGS,
     "task.answer_format": ANSWER_FORMATS,
     "rewards.weights": BUILTIN_REWARDS + ("package.module:function",),
     "grpo.loss_type": LOSS_TYPES, "grpo.scale_rewards": SCALE_REWARDS,
     "grpo.importance_level": IMPORTANCE_LEVELS, "optim.schedule": SCHEDULES,
+    "sampling.weight_layout": WEIGHT_LAYOUTS,
 }
 
 

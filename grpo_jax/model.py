@@ -91,6 +91,19 @@ LORA_TARGETS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v":
                 "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
                 "down": ("mlp", "down_proj")}
 ROPE_SCALING_TYPES = ("llama3",)  # the RoPE scaling types the model implements (HF rope_type)
+# What each layer keeps for the backward (config model.remat), as jax.checkpoint policies:
+#   none: no rematerialisation, autodiff keeps every intermediate (fastest; most memory)
+#   full: keep only each layer's input, recompute the whole layer in the backward (least memory)
+#   dots: keep the weight matmuls' outputs (no batch dims), recompute the elementwise work and attention
+#   dots_with_batch: keep every matmul output, attention's included
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "dots_with_batch": jax.checkpoint_policies.dots_saveable}
+# Attention kernels for the training forward (config model.attention); the decode cache path is always "xla".
+#   xla: ours (`_softmax_attention`, hand-written VJP; the fast one on CPU)
+#   cudnn: jax.nn.dot_product_attention's cuDNN flash attention (NVIDIA GPUs)
+#   splash: the Pallas splash-attention kernel (TPU)
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +157,12 @@ class ModelConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple = ("q", "k", "v", "o", "gate", "up", "down")
+    # How the training forward runs (no effect on the numbers, only on memory / compile time / speed):
+    # scan_layers: the layers under one lax.scan over their stacked weights (compiled once, not L
+    # times); remat: a REMAT_POLICIES key; attention: an ATTENTION_IMPLS name.
+    scan_layers: bool = False
+    remat: str = "none"
+    attention: str = "xla"
 
     def __post_init__(self):
         if isinstance(self.lora_targets, (list, str)):  # keep it hashable
@@ -163,6 +182,10 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}: expected one of {tuple(REMAT_POLICIES)}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention={self.attention!r}: expected one of {ATTENTION_IMPLS}")
         for field in ("dtype", "param_dtype"):
             value = getattr(self, field)
             if value not in DTYPES:
@@ -408,8 +431,9 @@ def _softmax_attention_bwd(residuals, d_out):
 _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
-def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_index):
-    """One decoder layer. Without a cache, keys are this call's tokens; with one, the cache's S slots."""
+def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_index, attention_mask=None):
+    """One decoder layer. Without a cache, keys are this call's tokens; with one, the cache's S slots.
+    attention_mask [B, L] (no cache): for the config.attention kernels other than "xla"."""
     b, l, _ = x.shape
     hd = config.head_dim
     dtype = jnp.dtype(config.dtype)
@@ -424,6 +448,11 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
         k = rms_norm(k, attn["k_norm"]["scale"], eps=config.rms_norm_eps)
     q = rope(q, positions, theta=config.rope_theta, scaling=config.rope_scaling)
     k = rope(k, positions, theta=config.rope_theta, scaling=config.rope_scaling)
+    if layer_cache is None and config.attention != "xla":  # an accelerator kernel (grpo_jax.attention)
+        from grpo_jax import attention as attention_lib  # Pallas imports only when asked for
+        attn_out = attention_lib.attend(config.attention, q, k, v, attention_mask,
+                                        interpret=attention_lib.INTERPRET)
+        return _mlp_residual(config, p, x + _linear(attn["o_proj"], attn_out, dtype, ls), dtype, ls), None
     v = v.transpose(0, 2, 1, 3)  # [B, L, KV, hd] -> [B, KV, L, hd]
     if layer_cache is None:
         k = k.transpose(0, 2, 1, 3)  # [B, KV, L, hd]
@@ -438,11 +467,15 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
         k, v = layer_cache["k"], layer_cache["v"]
     attn_out = _attention(config, q, k, v, mask, keys_transposed=layer_cache is not None)  # [B, L, H*hd]
     x = x + _linear(attn["o_proj"], attn_out, dtype, ls)
+    return _mlp_residual(config, p, x, dtype, ls), layer_cache
+
+
+def _mlp_residual(config: ModelConfig, p: dict, x, dtype, ls):
+    """x + down_proj(silu(gate_proj(m)) * up_proj(m)), m = RMSNorm(x): the layer's second half."""
     m = rms_norm(x, p["post_attention_layernorm"]["scale"], eps=config.rms_norm_eps)
     mlp = p["mlp"]
     h = jax.nn.silu(_linear(mlp["gate_proj"], m, dtype, ls)) * _linear(mlp["up_proj"], m, dtype, ls)  # [B, L, I]
-    x = x + _linear(mlp["down_proj"], h, dtype, ls)
-    return x, layer_cache
+    return x + _linear(mlp["down_proj"], h, dtype, ls)
 
 
 def lm_head(config: ModelConfig, params: dict, x: jax.Array) -> jax.Array:
@@ -502,9 +535,28 @@ def hidden_states(config: ModelConfig, params: dict, tokens: jax.Array, *, atten
     causal = jnp.tril(jnp.ones((l, l), bool))
     mask = causal[None] & real[:, None, :]  # [B, L(query), L(key)]
     x = batch_sharded(_cast(params["embed_tokens"]["embedding"][tokens], jnp.dtype(config.dtype)))  # [B, L, D]
-    for p in params["layers"]:  # unrolled on purpose: see the module docstring
-        x, _ = _block(config, p, x, positions, mask, None, None)
+
+    def layer(x, p):
+        return _block(config, p, x, positions, mask, None, None, attention_mask)[0]
+    if config.remat != "none":  # the backward recomputes what the policy does not keep
+        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers)
+    if not config.scan_layers:
+        for p in params["layers"]:  # unrolled (the CPU default): see the module docstring
+            x = layer(x, p)
+        return x
+    x, _ = jax.lax.scan(lambda x, p: (layer(x, p), None), x, stack_layers(config, params["layers"]))
     return x
+
+
+def stack_layers(config: ModelConfig, layers) -> dict:
+    """The per-layer param dicts as one dict of [num_layers, ...] arrays, each first cast to the compute
+    dtype (so the stacked copy a scanned forward makes is in bf16 when computing in bf16; the in-layer
+    casts are then no-ops and every number is the same). Weights stay stored per layer: the sampler's
+    unrolled decode reads each layer's weights in place, which a slice of a stacked array would copy
+    (2.4x slower weight-bound decode on XLA:CPU, 8 layers of 1024^2)."""
+    dtype = jnp.dtype(config.dtype)
+    return jax.tree.map(lambda *xs: jnp.stack([_cast(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                                               else x for x in xs]), *layers)
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> list:

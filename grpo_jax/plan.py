@@ -11,9 +11,10 @@ Printed per chip (the numbers XLA's memory analysis gives for one device of the 
     weights, optimizer state, reference, batch   analytic, from each array's shard shape
     train step    arguments + temporaries = peak (params, optimizer state, reference, batch in;
                   the state is donated, so the outputs reuse its buffers)
-    sampler       its peak (it gathers the params replicated: one full copy per chip), plus what
-                  stays resident while it runs (optimizer state, reference; with LoRA the base and
-                  the adapters' state next to the merged params it samples with)
+    sampler       its peak with the weights in `sampling.weight_layout` (replicated: one full copy
+                  per chip; tensor: split over mesh.fsdp, see grpo_jax.sampling), plus what stays
+                  resident while it runs (optimizer state, reference; with LoRA the base and the
+                  adapters' state next to the merged params it samples with)
     per chip      max of the two phases, against the chip's usable HBM
     FLOPs         per GRPO step, analytic (cost_analysis counts a loop body once, not per trip):
                   matmuls 2*rows*(D*(2*H*hd + 2*KV*hd) + 3*D*F) per layer, causal attention
@@ -185,7 +186,7 @@ def model_config(config: cfg_lib.Config, tokenizer) -> model_lib.ModelConfig:
     the `model` section (as weights.from_config builds it for a random init)."""
     from grpo_jax import weights as weights_lib
     m = config.model
-    lora = dict(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=m.lora_targets)
+    lora = weights_lib.run_options(m)
     if m.path:
         path = pathlib.Path(m.path)
         if path.suffix == ".gguf":
@@ -202,7 +203,7 @@ def model_config(config: cfg_lib.Config, tokenizer) -> model_lib.ModelConfig:
         vocab_size=vocab, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
         num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, intermediate_size=m.intermediate_size,
         rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_eps, tie_embeddings=m.tie_embeddings,
-        attention_bias=m.attention_bias, max_position_embeddings=m.max_position_embeddings, dtype=m.dtype,
+        attention_bias=m.attention_bias, qk_norm=m.qk_norm, max_position_embeddings=m.max_position_embeddings, dtype=m.dtype,
         param_dtype=m.param_dtype, **lora)
 
 
@@ -361,7 +362,7 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
                            key_sds, jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
                            jax.ShapeDtypeStruct((len(eos_ids),), jnp.int32, sharding=replicated),
                            max_new_tokens=T, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
-                           prompt_sharding=prompt_sh)
+                           prompt_sharding=prompt_sh, weight_layout=c.sampling.weight_layout)
 
     n = rows(c.train.prompts_per_step)
     batch_bytes = (2 * n * P * 4 + 2 * n * T * 4 + n * 4) // len(topo.devices[: data * fsdp])
@@ -384,7 +385,26 @@ def _fit_batches(config: cfg_lib.Config, devices: int) -> int:
     return unit // math.gcd(unit, config.grpo.group_size)
 
 
+def without_weights(config: cfg_lib.Config) -> tuple[cfg_lib.Config, str | None]:
+    """A plan needs no weights: when model.path does not exist here (planning from a laptop for a TPU
+    VM that holds the checkpoint), the architecture the experiment writes in its model section is
+    planned instead (with the built-in tokenizer's EOS, which changes no memory figure). Returns the
+    config to plan and a note, or the config itself and None when the path exists or is empty."""
+    m = config.model
+    if not m.path or pathlib.Path(m.path).exists():
+        return config, None
+    if m.vocab_size <= 0:
+        raise cfg_lib.ConfigError(
+            f"config key `model.path`: {m.path!r} does not exist, and the model section gives no architecture "
+            f"to plan instead (model.vocab_size is 0): set model.vocab_size, hidden_size, num_layers, ... "
+            f"as experiments/qwen2_5_1_5b_gsm8k.py does")
+    model = dataclasses.replace(m, path="", tokenizer="")
+    return (dataclasses.replace(config, model=model),
+            f"model.path {m.path!r} is not here: planning the architecture written in the model section")
+
+
 def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -> dict:
+    config, weights_note = without_weights(config)
     data, fsdp = cfg_lib.mesh_shape(config, len(topo.devices))
     cfg_lib.validate(config, num_devices=len(topo.devices))
     progs = build_programs(config, topo)
@@ -396,6 +416,8 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
     def say(line=""):
         print(line, file=out or sys.stdout, flush=True)
 
+    if weights_note:
+        say(f"note: {weights_note}")
     say(f"plan: {topo.name} ({topo.generation}, {len(topo.devices)} chips over {topo.hosts} host(s), "
         f"{topo.hbm_gib:.2f} GiB usable per chip); mesh data={data} x fsdp={fsdp}")
     say(f"model: D={mc.hidden_size} L={mc.num_layers} H={mc.num_heads}/KV={mc.num_kv_heads} hd={mc.head_dim} "
@@ -443,6 +465,17 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
             f"{f'   ({tr.remat} .remat instructions: the compiler recomputes tensors to fit)' if tr.remat else ''}")
     else:
         say(f"  train step: OUT OF HBM at compile: requires {tr.required} GiB, available {tr.available} GiB")
+    layout = config.sampling.weight_layout
+    if data * fsdp == 1:
+        how = "one device: the weights as stored"
+    elif layout == "replicated":
+        how = "the params gathered whole onto every chip, once per sampler call"
+    else:
+        whole = mc.num_heads % fsdp == 0 and mc.num_kv_heads % fsdp == 0
+        how = (f"tensor-parallel over mesh.fsdp={fsdp}: MLP and vocabulary split, attention "
+               + ("heads split" if whole else f"replicated ({mc.num_heads}/{mc.num_kv_heads} heads do not "
+                                               f"divide {fsdp})"))
+    say(f"  sampler weights: {layout} ({how})")
     if sp.ok:
         say(f"  sampler:    args {_gib(sp.args)}, temporaries {_gib(sp.temp)}, code {_gib(sp.code)} -> peak {_gib(sp.peak)}"
             f" + resident {_gib(beside)} = {_gib(sample_peak)}"

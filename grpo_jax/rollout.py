@@ -91,7 +91,7 @@ def generate(s: Setup, params, examples, key) -> Generation:
     rollout = sampling.sample(s.model_config, params, s.put(ptok), s.put(pmask), key,
                               max_new_tokens=c.sampling.max_new_tokens, eos_id=s.eos_ids,
                               temperature=c.sampling.temperature, top_k=c.sampling.top_k,
-                              top_p=c.sampling.top_p)
+                              top_p=c.sampling.top_p, weight_layout=c.sampling.weight_layout)
     tokens, mask = eval_lib.to_host((rollout.tokens, rollout.mask))  # the one host round trip
     sampled_at = time.perf_counter()
     golds = [e for e in examples for _ in range(G)]

@@ -33,14 +33,33 @@ Log-prob contract (why sampled and training log-probs agree exactly):
     on-policy GRPO. Greedy rollouts (temperature 0) report log-probs of the temperature-1
     distribution, as token_logps reads temperature 0 as 1.
 
-Sharding: when the prompts arrive sharded over a mesh (NamedSharding), the batch dimension of every
-per-row array (the KV cache included) is constrained to that sharding and the params are gathered
-once, replicated, before the loop: decode steps then run without any parameter all-gather (the only
-per-step collective is the all-rows-finished check). The cost is one full copy of the params per
-device during sampling, which suits the models this library targets; on one device nothing changes.
+Sharding: when the prompts arrive sharded over a mesh (NamedSharding), every per-row array (the KV
+cache included) is constrained to a sharding of its batch dimension, and the params, whatever their
+training layout, are constrained ONCE before the loop to `weight_layout` (config key
+sampling.weight_layout, one of WEIGHT_LAYOUTS; on one device nothing changes):
+    replicated  (default) gathered whole onto every device; rows split like the prompts. Decode steps
+                then run with no collective but the all-rows-finished check, at the cost of one full
+                copy of the params per device.
+    tensor      tensor-parallel over the mesh axis "fsdp" (sharding.SAMPLE_RULES): the MLP
+                intermediate dim, the vocabulary (embedding, LM head) and, when every chip gets whole
+                query AND key/value heads (num_heads and num_kv_heads divisible by the fsdp size),
+                the attention heads (q/k/v outputs, o_proj's input) are split; the width D is
+                replicated. Each chip holds 1/fsdp of those weights; a decode step multiplies its
+                slices and all-gathers / all-reduces [N, D]-sized activations, never a weight
+                (tests/test_sampling_weights.py checks the compiled loop). The row split is chosen
+                so that XLA does not regather head-split weights in the loop (measured on v5e-8):
+                with whole heads, rows over the other mesh axes ("data") and the KV cache split by
+                KV heads over "fsdp"; otherwise (e.g. 12 / 2 heads on 8 chips) the attention
+                projections stay replicated (~1/8 of a Qwen2-style model) and rows are split like the
+                prompts, so the KV cache stays split by rows.
+    Both give the same tokens, and log-probs equal up to float summation order.
+Measured with grpo_jax.plan on a v5e-8 (fsdp = 8), Qwen2.5-1.5B's shape cut to 4 layers (f32
+params, bf16 compute, 128 rows, 256 + 512 tokens): sampler peak per chip 2.05 GiB replicated,
+0.86 GiB tensor (the full 28 layers: 5.54 GiB replicated, benchmarks/README.md; ~1.5 GiB tensor
+extrapolated from 2 and 4 layers, not compiled).
 
 Jit: `sample` is a thin Python wrapper over one jitted function whose static arguments are config,
-max_new_tokens, top_k, top_p and the prompt sharding; temperature and the EOS ids are traced, so
+max_new_tokens, top_k, top_p, the prompt sharding and weight_layout; temperature and the EOS ids are traced, so
 changing them (same number of EOS ids) does not recompile.
 """
 from typing import NamedTuple
@@ -52,7 +71,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from grpo_jax import model as model_lib
+from grpo_jax import sharding as sharding_lib
 from grpo_jax.losses import token_logps
+
+# Where the sampler keeps the weights on a mesh (config key sampling.weight_layout; module docstring):
+# replicated: one full copy per chip; tensor: tensor-parallel over the mesh axis "fsdp".
+WEIGHT_LAYOUTS = ("replicated", "tensor")
 
 
 class Rollout(NamedTuple):
@@ -114,23 +138,59 @@ def _check_prompts(prompt_tokens, prompt_mask):
     chex.assert_type(prompt_tokens, int, custom_message="sample: prompt_tokens must be integer token ids")
 
 
+def _whole_heads(config, mesh) -> bool:
+    """weight_layout="tensor": can the attention run head-parallel over "fsdp" (every chip whole query
+    AND key/value heads)? Our own model only; a protocol model's cache layout is its own."""
+    fsdp = mesh.shape["fsdp"]
+    return (not model_lib.is_module_model(config) and config.num_heads % fsdp == 0
+            and config.num_kv_heads % fsdp == 0)
+
+
+def _place_params(config, params, mesh, weight_layout: str):
+    """The params constrained to the sampler's weight layout on `mesh` (see the module docstring)."""
+    if weight_layout == "replicated":
+        # One all-gather of the (FSDP-sharded) params here instead of one per decode step.
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), params)
+    # "tensor": one reshard to the tensor-parallel layout, no full copy of the model anywhere.
+    rules = dict(sharding_lib.SAMPLE_RULES)
+    if not _whole_heads(config, mesh):  # attention weights replicated, rows split instead (docstring)
+        rules["heads"] = rules["kv_heads"] = None
+    shardings = sharding_lib.param_shardings(mesh, params, rules=rules)
+    return jax.tree.map(jax.lax.with_sharding_constraint, params, shardings)
+
+
 def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_ids, *,
-            max_new_tokens: int, top_k: int, top_p: float, prompt_sharding):
+            max_new_tokens: int, top_k: int, top_p: float, prompt_sharding, weight_layout: str = "replicated"):
     _check_prompts(prompt_tokens, prompt_mask)  # at trace time, for `sample` and `sample_traced` alike
+    if weight_layout not in WEIGHT_LAYOUTS:
+        raise ValueError(f"weight_layout={weight_layout!r}: expected one of {WEIGHT_LAYOUTS}")
     n, p = prompt_tokens.shape
     t_max = max_new_tokens
+    mesh = None if prompt_sharding is None else prompt_sharding.mesh
+    if weight_layout == "tensor" and mesh is not None and "fsdp" not in mesh.axis_names:
+        raise ValueError(f"weight_layout='tensor' shards the weights over the mesh axis 'fsdp'; the "
+                         f"prompts' mesh has axes {mesh.axis_names}")
+    batch_axes = None if mesh is None or not prompt_sharding.spec else prompt_sharding.spec[0]
+    head_parallel = weight_layout == "tensor" and mesh is not None and _whole_heads(config, mesh)
+    if head_parallel:  # rows over the other mesh axes, the cache's KV heads over "fsdp"
+        kept = tuple(a for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes or ()) if a != "fsdp")
+        batch_axes = kept if len(kept) > 1 else kept[0] if kept else None
 
     def constrain(x):  # batch-shard any per-row array like the prompts (no-op on one device)
-        if prompt_sharding is None:
+        if mesh is None:
             return x
-        spec = PartitionSpec(prompt_sharding.spec[0] if prompt_sharding.spec else None,
-                             *([None] * (x.ndim - 1)))
-        return jax.lax.with_sharding_constraint(x, NamedSharding(prompt_sharding.mesh, spec))
+        spec = PartitionSpec(batch_axes, *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-    if prompt_sharding is not None:
-        # One all-gather of the (FSDP-sharded) params here instead of one per decode step.
-        replicated = NamedSharding(prompt_sharding.mesh, PartitionSpec())
-        params = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), params)
+    def constrain_cache(x):  # [N, KV, ...]: head-parallel keeps each chip's KV heads
+        if not head_parallel:
+            return constrain(x)
+        spec = PartitionSpec(batch_axes, "fsdp", *([None] * (x.ndim - 2)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    if mesh is not None:
+        params = _place_params(config, params, mesh, weight_layout)
 
     prompt_mask = prompt_mask.astype(jnp.int32)
     positions = model_lib.positions_from_mask(prompt_mask)  # [N, P]
@@ -140,7 +200,7 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
     ends = _segment_ends(t_max)
     if model_lib.is_module_model(config):  # a protocol model's cache layout is its own: one segment
         ends = [t_max]
-    cache = jax.tree.map(constrain, model_lib.cache_init(config, params, n, p + ends[0]))
+    cache = jax.tree.map(constrain_cache, model_lib.cache_init(config, params, n, p + ends[0]))
     logits, cache = model_lib.forward_with_cache(config, params, prompt_tokens, positions, cache, 0,
                                                kv_mask[:, : p + ends[0]], last_only=True)  # [N, 1, V]
 
@@ -169,8 +229,8 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
         size = p + end
         grow = 0 if model_lib.is_module_model(config) else size - cache[0]["v"].shape[2]
         if grow:  # one copy per segment boundary, then in-place updates again (keys: slots on axis 3)
-            cache = [{"k": constrain(jnp.pad(c["k"], ((0, 0), (0, 0), (0, 0), (0, grow)))),
-                      "v": constrain(jnp.pad(c["v"], ((0, 0), (0, 0), (0, grow), (0, 0))))} for c in cache]
+            cache = [{"k": constrain_cache(jnp.pad(c["k"], ((0, 0), (0, 0), (0, 0), (0, grow)))),
+                      "v": constrain_cache(jnp.pad(c["v"], ((0, 0), (0, 0), (0, grow), (0, 0))))} for c in cache]
         segment_mask = kv_mask[:, :size]
 
         def cond(state, end=end):
@@ -192,7 +252,8 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
     return Rollout(tokens=tokens, mask=mask, logps=logps)
 
 
-_sample_jit = jax.jit(_sample, static_argnames=("config", "max_new_tokens", "top_k", "top_p", "prompt_sharding"))
+_sample_jit = jax.jit(_sample, static_argnames=("config", "max_new_tokens", "top_k", "top_p", "prompt_sharding",
+                                                "weight_layout"))
 
 
 def sample_traced(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
@@ -210,12 +271,13 @@ def sample_traced(config: model_lib.ModelConfig, params, prompt_tokens: jax.Arra
 
 def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
            key: jax.Array, *, max_new_tokens: int, eos_id, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0) -> Rollout:
+           top_p: float = 1.0, weight_layout: str = "replicated") -> Rollout:
     """Sample T = max_new_tokens tokens for each left-padded prompt (see the module docstring).
 
     prompt_tokens i32[N, P], prompt_mask [N, P] (1 = real token); eos_id: an int or a tuple of ints
     (ids outside the vocabulary never match: eos_id=-1 disables stopping). temperature 0 = greedy;
-    top_k 0 = off; top_p 1.0 = off.
+    top_k 0 = off; top_p 1.0 = off. weight_layout: where the params live while decoding on a mesh,
+    one of WEIGHT_LAYOUTS (module docstring); no effect on one device.
     """
     eos_ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
     if not eos_ids:
@@ -225,9 +287,12 @@ def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prom
     if top_k < 0 or not 0.0 < top_p <= 1.0 or temperature < 0:
         raise ValueError(f"need top_k >= 0, 0 < top_p <= 1, temperature >= 0; got top_k={top_k}, "
                          f"top_p={top_p}, temperature={temperature}")
+    if weight_layout not in WEIGHT_LAYOUTS:
+        raise ValueError(f"weight_layout={weight_layout!r}: expected one of {WEIGHT_LAYOUTS}")
     sharding = getattr(prompt_tokens, "sharding", None)
     if not isinstance(sharding, NamedSharding) or sharding.mesh.size == 1:
         sharding = None
     return _sample_jit(config, params, prompt_tokens, prompt_mask, key, jnp.float32(temperature),
                        jnp.asarray(eos_ids, jnp.int32), max_new_tokens=int(max_new_tokens),
-                       top_k=int(top_k), top_p=float(top_p), prompt_sharding=sharding)
+                       top_k=int(top_k), top_p=float(top_p), prompt_sharding=sharding,
+                       weight_layout=weight_layout)

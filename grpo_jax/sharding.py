@@ -69,6 +69,15 @@ LORA_PARAMS = ("lora_a", "lora_b")
 # `param_shardings(mesh, params, rules={**RULES, "vocab": "fsdp"})`.
 RULES = MappingProxyType({"vocab": None, "mlp": None, "heads": None, "kv_heads": None, "lora": None,
                           "norm": None, "head_dim": None, "embed": "fsdp", "layers": None})
+# The sampler's tensor-parallel layout (`sampling.sample(..., weight_layout="tensor")`): the MLP
+# intermediate dim, the attention heads (q/k/v outputs, o_proj's input) and the vocabulary (embedding,
+# LM head) over "fsdp", the model width D replicated, so a decode step multiplies each chip's slice
+# of every weight (Megatron: column-parallel q/k/v/gate/up/LM head, row-parallel o/down, whose partial
+# sums are all-reduced) and never gathers a weight. Dims that do not divide the axis stay replicated
+# (e.g. 2 KV heads * head_dim on an axis they do not divide), as everywhere here.
+SAMPLE_RULES = MappingProxyType({"vocab": "fsdp", "mlp": "fsdp", "heads": "fsdp", "kv_heads": "fsdp",
+                                 "lora": None, "norm": None, "head_dim": None, "embed": None,
+                                 "layers": None})
 FALLBACK_AXIS = "fsdp"  # the mesh axis of the largest-divisible-dim rule for paths the table lacks
 
 

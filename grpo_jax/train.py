@@ -130,7 +130,8 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             s.model_config, policy_params(), s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
             batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
             max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
-            temperature=c.sampling.temperature, chat=chat, system=system, eos_ids=s.eos_ids)
+            temperature=c.sampling.temperature, chat=chat, system=system, eos_ids=s.eos_ids,
+            weight_layout=c.sampling.weight_layout)
 
     if fresh:
         dropped = s.prompt_counts

@@ -234,29 +234,34 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             params = optax.apply_updates(params, updates)
             return (params, opt_state), (met, logps, grad_norm)
 
-        carry = (state.params, state.opt_state)
-        per_update = []  # metrics of every optimizer update, [K] stacked per iteration
-        for iteration in range(num_iterations):  # mu is small and static: unrolled
+        def iteration(carry, old, first_iteration):
+            """The K optimizer updates of one pass over the batch: (carry, ([K] metrics, [K, M, ...]
+            log-probs, [K] grad norms)). `old` is None only on the first pass at K = 1."""
             if K == 1:
-                xs = jax.tree.map(lambda x: x[0], (mbs, old_logps, ref_logps, weights, token_share))
-                carry, (met, logps, grad_norm) = optimizer_step(
-                    carry, (*xs, None), first=old_logps is None)
-                met, logps, grad_norm = jax.tree.map(lambda x: x[None], (met, logps, grad_norm))
-            else:
-                on_policy = (jnp.arange(K) == 0) & (iteration == 0)  # [K]: params unchanged so far
-                carry, (met, logps, grad_norm) = jax.lax.scan(
-                    lambda c, xs: optimizer_step(c, xs, first=False), carry,
-                    (mbs, old_logps, ref_logps, weights, token_share, on_policy))
-            if old_logps is None:
-                old_logps = logps  # [K, M, N/(KM), T], saved for iterations 2..mu
-            per_update.append((met, grad_norm))
+                xs = jax.tree.map(lambda x: x[0], (mbs, old, ref_logps, weights, token_share))
+                carry, out = optimizer_step(carry, (*xs, None), first=old is None)
+                return carry, jax.tree.map(lambda x: x[None], out)
+            on_policy = (jnp.arange(K) == 0) & first_iteration  # [K]: params unchanged so far
+            return jax.lax.scan(lambda c, xs: optimizer_step(c, xs, first=False), carry,
+                                (mbs, old, ref_logps, weights, token_share, on_policy))
+
+        carry, (met, logps, grad_norm) = iteration((state.params, state.opt_state), old_logps, True)
+        if old_logps is None:
+            old_logps = logps  # [K, M, N/(KM), T], the sampling policy's, for passes 2..mu
+        mets = [met]
+        if num_iterations > 1:  # passes 2..mu: one compiled body under a scan, not mu - 1 copies
+            def later(carry, _):
+                carry, (met, _, grad_norm) = iteration(carry, old_logps, False)
+                return carry, (met, grad_norm)
+            carry, (met, grad_norm) = jax.lax.scan(later, carry, None, length=num_iterations - 1)
+            mets.append(met)  # [mu - 1, K] each
+            grad_norm = grad_norm[-1]
         params, opt_state = carry
 
         # Report the mean over the mu * K updates (at mu = K = 1: the on-policy numbers).
-        mets = [m for m, _ in per_update]
         metrics = {k: (jnp.max(jnp.stack([m[k].max() for m in mets])) if k == "ratio_max" else
                        sum(m[k].sum() for m in mets) / (num_iterations * K)) for k in metric_names}
-        metrics["grad_norm"] = per_update[-1][1][-1]  # of the last update, before clipping
+        metrics["grad_norm"] = grad_norm[-1]  # of the last update, before clipping
         metrics["advantage_abs_mean"] = jnp.abs(batch.advantages).mean()
         return TrainState(state.step + 1, params, opt_state), metrics
 

@@ -501,6 +501,13 @@ def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.flo
     return config, _build(config, mesh, read)
 
 
+def run_options(m) -> dict:
+    """The ModelConfig fields the run's config sets on any model, loaded or not (LoRA, scan, remat,
+    attention kernel), from a config's `model` section."""
+    return dict(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=m.lora_targets,
+                scan_layers=m.scan_layers, remat=m.remat, attention=m.attention)
+
+
 def from_config(config, tokenizer, mesh) -> tuple[ModelConfig, dict]:
     """The run's model: `model.path` (a HF directory or a .gguf) loaded sharded on `mesh`, or, with
     no path, a seeded random init of the architecture in the `model` section (vocabulary: the
@@ -513,8 +520,7 @@ def from_config(config, tokenizer, mesh) -> tuple[ModelConfig, dict]:
             raise ConfigError(f"config key `model.path`: {m.path!r} does not exist")
         dtypes = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh)
         mc, params = load_gguf(path, **dtypes) if path.suffix == ".gguf" else load_hf(path, **dtypes)
-        return dataclasses.replace(mc, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
-                                   lora_targets=m.lora_targets), params
+        return dataclasses.replace(mc, **run_options(m)), params
     vocab = m.vocab_size or len(tokenizer)
     if vocab < len(tokenizer):
         raise ConfigError(f"config key `model.vocab_size` = {vocab} is smaller than the tokenizer's "
@@ -523,6 +529,6 @@ def from_config(config, tokenizer, mesh) -> tuple[ModelConfig, dict]:
         vocab_size=vocab, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
         num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, intermediate_size=m.intermediate_size,
         rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_eps, tie_embeddings=m.tie_embeddings,
-        attention_bias=m.attention_bias, max_position_embeddings=m.max_position_embeddings, dtype=m.dtype,
-        param_dtype=m.param_dtype, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=m.lora_targets)
+        attention_bias=m.attention_bias, qk_norm=m.qk_norm, max_position_embeddings=m.max_position_embeddings, dtype=m.dtype,
+        param_dtype=m.param_dtype, **run_options(m))
     return mc, sharding.init_params_sharded(mc, jax.random.key(config.train.seed), mesh)

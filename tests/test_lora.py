@@ -146,3 +146,18 @@ def test_lora_through_the_program_resumes_exactly_and_checkpoints_only_the_adapt
     assert arrays and len(arrays) >= 3 * 2 * 2 * 3  # (params, mu, nu) x 2 layers x (a, b) x 3 targets
     assert not [p for p in paths if any(w in p for w in ("'ref'", "kernel", "embedding", "scale", "bias"))], paths
     assert metrics_lib.read_metrics(tmp_path / "straight")[-1]["step"] == 3
+
+
+def test_lora_base_is_stored_in_the_compute_dtype_and_the_adapters_in_the_param_dtype(tmp_path):
+    """The frozen base is only read through casts to the compute dtype, so a bf16-compute LoRA run
+    stores it in bf16 (half the memory of a 7B base); the trained adapters keep f32 master weights."""
+    from grpo_jax import build
+    from grpo_jax import config as cfg_lib
+
+    from test_train import QUICKSTART, TINY
+
+    config = cfg_lib.load_config(QUICKSTART, TINY + ["sft.steps=0", "model.lora_rank=4", "model.dtype=bfloat16"])
+    s = build.setup(config, tmp_path)
+    assert {x.dtype for x in jax.tree.leaves(s.params)} == {jnp.dtype(jnp.bfloat16)}
+    adapters = build.init_adapters(s)
+    assert {x.dtype for x in jax.tree.leaves(adapters)} == {jnp.dtype(jnp.float32)}

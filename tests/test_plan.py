@@ -82,6 +82,7 @@ def test_plan_cpu(capsys):
     out = capsys.readouterr().out
     _check(_result(out))
     assert "mesh data=8 x fsdp=1" in out  # the 8 simulated CPU devices
+    assert "sampler weights: replicated (" in out  # says which sampling.weight_layout it planned
 
 
 @pytest.mark.slow
@@ -106,3 +107,14 @@ def test_plan_multi_host_lora(capsys):
     out = capsys.readouterr().out
     _check(_result(out))
     assert "16 chips over 4 host(s)" in out and "LoRA r=4" in out
+
+
+def test_plan_sampler_follows_weight_layout():
+    """The planned sampler is compiled with config.sampling.weight_layout: "tensor" needs less per
+    chip than "replicated" (the train step is not compiled here)."""
+    peaks = {}
+    for layout in ("replicated", "tensor"):
+        config, topology, _ = plan.parse_args([*TINY, "--topology", "cpu", "--config.mesh.data=2",
+                                               "--config.mesh.fsdp=4", f"--config.sampling.weight_layout={layout}"])
+        peaks[layout] = plan.build_programs(config, plan.get_topology(topology)).sample().peak
+    assert peaks["tensor"] < peaks["replicated"], peaks
