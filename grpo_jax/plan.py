@@ -313,8 +313,10 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
     key = jax.random.key(0)
     replicated = NamedSharding(mesh, PartitionSpec())
     base = jax.eval_shape(lambda k: model_lib.init_params(mc, k), key)
-    base = _with_shardings(base, sharding.param_shardings(mesh, base))
     lora = mc.lora_rank > 0
+    if lora:  # as build.setup: the frozen base is stored in the compute dtype
+        base = jax.eval_shape(lambda p: model_lib.cast_params(p, mc.dtype), base)
+    base = _with_shardings(base, sharding.param_shardings(mesh, base))
     use_reference = g.beta > 0
     optimizer = ts.optimizer_from_config(c)
     if lora:
