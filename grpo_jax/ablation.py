@@ -196,5 +196,6 @@ def held_out_accuracy(start: Start, stacked_params, *, size: int = 256) -> np.nd
                                      batch_size=c.train.eval_batch_size,
                                      max_prompt_length=c.sampling.max_prompt_length,
                                      max_new_tokens=c.sampling.max_new_tokens, put=s.put,
-                                     weight_layout=c.sampling.weight_layout)["eval_accuracy"])
+                                     weight_layout=c.sampling.weight_layout,
+                                     length_buckets=c.train.length_buckets)["eval_accuracy"])
     return np.asarray(out)

@@ -187,6 +187,16 @@ class TrainSection:
     # rows are split into K parts, one update each; old log-probs are the sampling policy's.
     steps_per_generation: int = 1
     num_minibatches: int = 1  # gradient accumulation inside each of the K updates
+    # Cut padding (grpo_jax/buckets.py): the sampler (training and eval) gets the prompts cut to the
+    # batch's longest prompt, the update also the completions cut to the longest completion, each
+    # rounded up to one of <= 4 static widths per axis (quarters of sampling.max_prompt_length /
+    # max_new_tokens), so a few shapes compile. Same loss up to float round-off; off = always [N, max].
+    length_buckets: bool = True
+    # Shared-prefix update (model.grouped_hidden_states, "Prefix Grouper"): the update's policy /
+    # reference forwards encode each prompt once per group instead of G times; same numbers to
+    # round-off. Shares G / (steps_per_generation * num_minibatches) rows per prompt in each chunk,
+    # nothing when that product does not divide grpo.group_size. Needs model.attention=xla.
+    shared_prefix: bool = True
     seed: int = 0
     log_every: int = 1
     eval_every: int = 50  # 0 disables eval
@@ -433,6 +443,9 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(m.attention in ATTENTION_IMPLS, "model.attention", m.attention, f"one of {ATTENTION_IMPLS}")
     _check(m.attention != "cudnn" or m.dtype == "bfloat16", "model.attention", m.attention,
            "cudnn only with model.dtype=bfloat16 (cuDNN flash attention takes no float32)")
+    _check(not config.train.shared_prefix or m.attention == "xla", "train.shared_prefix",
+           config.train.shared_prefix, "false unless model.attention=xla (the shared-prefix forward "
+           "has no cudnn / splash kernel)")
     _check(m.lora_rank >= 0, "model.lora_rank", m.lora_rank, ">= 0 (0 = full fine-tuning)")
     _check(m.lora_alpha > 0, "model.lora_alpha", m.lora_alpha, "> 0")
     targets = [x.strip() for x in m.lora_targets.split(",") if x.strip()]

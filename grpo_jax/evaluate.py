@@ -17,6 +17,7 @@ import sys
 import jax
 import numpy as np
 
+from grpo_jax import buckets
 from grpo_jax import build
 from grpo_jax import config as cfg_lib
 from grpo_jax import rewards as rewards_lib
@@ -36,17 +37,21 @@ def _padded_batches(items, batch_size):
 
 def generate(model_config, params, tokenizer, prompts, *, key, batch_size, max_prompt_length,
              max_new_tokens, temperature, put, chat=False, system=None, top_k=0, top_p=1.0, eos_ids=None,
-             weight_layout="replicated"):
+             weight_layout="replicated", length_buckets=False):
     """Completions (text) for a list of prompt strings, in fixed-size sharded batches.
 
     `eos_ids`: the ids that end a completion (an int or a tuple); None = `eos_token_ids(tokenizer)`.
-    `weight_layout`: the sampler's (config key sampling.weight_layout).
+    `weight_layout`: the sampler's (config key sampling.weight_layout). `length_buckets` (config key
+    train.length_buckets): each batch's prompts cut to its longest, rounded up to a bucket of
+    `max_prompt_length` (`buckets.trim_prompts`: a few sampler shapes, not one per batch).
     """
     eos_ids = tok_lib.eos_token_ids(tokenizer) if eos_ids is None else eos_ids
     out = []
     for i, (chunk, real) in enumerate(_padded_batches(prompts, batch_size)):
         ptok, pmask = tok_lib.encode_prompts(tokenizer, chunk, max_length=max_prompt_length, chat=chat,
                                              system=system or None)
+        if length_buckets:
+            ptok, pmask = buckets.trim_prompts(ptok, pmask)
         rollout = sampling.sample(model_config, params, put(ptok), put(pmask), jax.random.fold_in(key, i),
                                   max_new_tokens=max_new_tokens, eos_id=eos_ids,
                                   temperature=temperature, top_k=top_k, top_p=top_p,
@@ -76,19 +81,19 @@ def majority_correct(completions, gold, *, style, score) -> float:
 
 def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prompt_length,
              max_new_tokens, put, pass_k=0, temperature=1.0, chat=False, system=None,
-             eos_ids=None, weight_layout="replicated") -> dict:
+             eos_ids=None, weight_layout="replicated", length_buckets=False) -> dict:
     """{"eval_accuracy": greedy pass@1, and with pass_k > 0: "eval_pass@k", "eval_maj@k"}.
 
     `eos_ids`: the ids that end a completion (an int or a tuple); None = `eos_token_ids(tokenizer)`
     (pass `eos_token_ids(tokenizer, model_path)` to add the model's generation_config.json ids).
-    `weight_layout`: the sampler's (config key sampling.weight_layout).
+    `weight_layout`: the sampler's (config key sampling.weight_layout); `length_buckets`: `generate`'s.
     """
     examples = task.eval_examples
     prompts = [task.prompt(e) for e in examples]
     eos_ids = tok_lib.eos_token_ids(tokenizer) if eos_ids is None else eos_ids
     common = dict(batch_size=batch_size, max_prompt_length=max_prompt_length,
                   max_new_tokens=max_new_tokens, put=put, chat=chat, system=system, eos_ids=eos_ids,
-                  weight_layout=weight_layout)
+                  weight_layout=weight_layout, length_buckets=length_buckets)
     greedy = generate(model_config, params, tokenizer, prompts, key=key, temperature=0.0, **common)
 
     def score():  # on process 0 only: every process must act on the same numbers (SFT early stop)
@@ -133,7 +138,8 @@ def main(argv=None) -> int:
                        max_new_tokens=setup.config.sampling.max_new_tokens, put=setup.put,
                        pass_k=setup.config.train.pass_k, temperature=setup.config.sampling.temperature,
                        chat=setup.config.task.chat_template, system=setup.config.task.system_prompt,
-                       eos_ids=setup.eos_ids, weight_layout=setup.config.sampling.weight_layout)
+                       eos_ids=setup.eos_ids, weight_layout=setup.config.sampling.weight_layout,
+                       length_buckets=setup.config.train.length_buckets)
     print("RESULT step=%d " % setup.step + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in metrics.items()))
     return 0

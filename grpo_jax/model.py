@@ -74,7 +74,10 @@ KV-cache decode path (used by grpo_jax.sampling for prefill and single-token dec
         position's logits (prefill).
 Also public: hidden_states(config, params, tokens, *, attention_mask) -> [B, L, D] and
 lm_head(config, params, hidden) -> f32[B, L, V] (apply = lm_head(hidden_states)), so a caller can
-slice positions before the V-wide matmul; positions_from_mask(mask) -> i32[B, L].
+slice positions before the V-wide matmul; positions_from_mask(mask) -> i32[B, L];
+grouped_hidden_states(config, params, prompt_tokens [B, P], prompt_mask, completion_tokens [B*G, T],
+group_size) -> (prompt_hidden [B, P, D], completion_hidden [B*G, T, D]): the same hidden states with
+each prompt encoded once for its G completions (GRPO's shared-prefix forward).
 The layer loop is a Python loop (unrolled at trace time) over per-layer caches: measured ~4x faster
 decode on CPU than stacked layers under lax.scan (ENVIRONMENT.md), because each layer's cache update
 stays an in-place dynamic_update_slice.
@@ -431,9 +434,9 @@ def _softmax_attention_bwd(residuals, d_out):
 _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
-def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_index, attention_mask=None):
-    """One decoder layer. Without a cache, keys are this call's tokens; with one, the cache's S slots.
-    attention_mask [B, L] (no cache): for the config.attention kernels other than "xla"."""
+def _qkv(config: ModelConfig, p: dict, x, positions):
+    """A layer's attention inputs: x [B, L, D] -> q [B, L, H, hd], k / v [B, L, KV, hd] (input norm,
+    projections, Qwen3's q/k norms, RoPE at `positions` [B, L])."""
     b, l, _ = x.shape
     hd = config.head_dim
     dtype = jnp.dtype(config.dtype)
@@ -448,6 +451,16 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
         k = rms_norm(k, attn["k_norm"]["scale"], eps=config.rms_norm_eps)
     q = rope(q, positions, theta=config.rope_theta, scaling=config.rope_scaling)
     k = rope(k, positions, theta=config.rope_theta, scaling=config.rope_scaling)
+    return q, k, v
+
+
+def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_index, attention_mask=None):
+    """One decoder layer. Without a cache, keys are this call's tokens; with one, the cache's S slots.
+    attention_mask [B, L] (no cache): for the config.attention kernels other than "xla"."""
+    dtype = jnp.dtype(config.dtype)
+    ls = config.lora_alpha / max(config.lora_rank, 1)  # LoRA scale (used only where adapters are merged in)
+    attn = p["self_attn"]
+    q, k, v = _qkv(config, p, x, positions)
     if layer_cache is None and config.attention != "xla":  # an accelerator kernel (grpo_jax.attention)
         from grpo_jax import attention as attention_lib  # Pallas imports only when asked for
         attn_out = attention_lib.attend(config.attention, q, k, v, attention_mask,
@@ -546,6 +559,81 @@ def hidden_states(config: ModelConfig, params: dict, tokens: jax.Array, *, atten
         return x
     x, _ = jax.lax.scan(lambda x, p: (layer(x, p), None), x, stack_layers(config, params["layers"]))
     return x
+
+
+def grouped_hidden_states(config: ModelConfig, params: dict, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                          completion_tokens: jax.Array, group_size: int):
+    """`hidden_states` of G completions per prompt with each prompt encoded ONCE (shared-prefix forward,
+    "Prefix Grouper", Liu et al. 2025, arXiv 2506.05433).
+
+    prompt_tokens / prompt_mask [B, P] (left-padded, one row per group), completion_tokens i32[N, T]
+    with N = B * G, group-major (row n continues prompt n // G) -> (prompt_hidden [B, P, D],
+    completion_hidden [N, T, D]): the same numbers, to round-off, as `hidden_states` over the N rows
+    concat(prompt_tokens repeated G times, completion_tokens) with mask concat(prompt_mask, ones)
+    (the prompt half of every row of a group is prompt_hidden of that group).
+
+    Per layer the two streams share the weights:
+      prompts [B, P]: the usual causal + left-padding self-attention (positions cumsum(mask) - 1);
+      completions [N, T]: positions len(prompt) + t; keys = [their group's prompt keys (P slots,
+          masked by prompt_mask), their own completion keys (causal)], the prompt K/V repeated over G.
+    So the prompt's projections, MLP and self-attention run on B rows instead of N, and the backward
+    sums the G completions' gradients into the one prompt stream (the gradient of the repeat).
+    Honours config.scan_layers / config.remat like `hidden_states` (the layer carries both streams).
+    Only the "xla" attention: the accelerator kernels take one [B, L] padding mask, not the
+    completions' [N, T, P + T] one, so config.attention != "xla" raises.
+    """
+    if config.attention != "xla":
+        raise ValueError(f"grouped_hidden_states (shared-prefix scoring, train.shared_prefix) needs "
+                         f"model.attention='xla', got {config.attention!r}")
+    b, p = prompt_tokens.shape
+    n, t = completion_tokens.shape
+    g = int(group_size)
+    if g < 1 or n != b * g:
+        raise ValueError(f"grouped_hidden_states: {n} completion rows are not {b} prompts x group_size={g}")
+    dtype = jnp.dtype(config.dtype)
+    prompt_mask = prompt_mask.astype(jnp.int32)
+    real = prompt_mask.astype(bool)
+    prompt_positions = positions_from_mask(prompt_mask)  # [B, P]
+    prompt_attn = jnp.tril(jnp.ones((p, p), bool))[None] & real[:, None, :]  # [B, P, P]
+    # Completion token t sits at position len(prompt) + t (cumsum of concat(prompt_mask, ones) - 1).
+    lengths = jnp.repeat(prompt_mask.sum(-1), g)  # [N]
+    completion_positions = lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None]  # [N, T]
+    completion_attn = jnp.concatenate(  # [N, T, P + T]: the group's real prompt keys, then causal
+        [jnp.broadcast_to(jnp.repeat(real, g, axis=0)[:, None, :], (n, t, p)),
+         jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool))[None], (n, t, t))], axis=-1)
+    embedding = params["embed_tokens"]["embedding"]
+    xs = (batch_sharded(_cast(embedding[prompt_tokens], dtype)),  # [B, P, D]
+          batch_sharded(_cast(embedding[completion_tokens], dtype)))  # [N, T, D]
+
+    def layer(xs, lp):
+        return _grouped_block(config, lp, *xs, prompt_positions, completion_positions, prompt_attn,
+                              completion_attn, g)
+    if config.remat != "none":
+        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers)
+    if not config.scan_layers:
+        for lp in params["layers"]:
+            xs = layer(xs, lp)
+        return xs
+    xs, _ = jax.lax.scan(lambda xs, lp: (layer(xs, lp), None), xs, stack_layers(config, params["layers"]))
+    return xs
+
+
+def _grouped_block(config: ModelConfig, p: dict, xp, xc, prompt_positions, completion_positions, prompt_attn,
+                   completion_attn, group_size: int):
+    """One decoder layer of `grouped_hidden_states`: prompts xp [B, P, D], completions xc [N, T, D]."""
+    dtype = jnp.dtype(config.dtype)
+    ls = config.lora_alpha / max(config.lora_rank, 1)
+    o_proj = p["self_attn"]["o_proj"]
+    qp, kp, vp = _qkv(config, p, xp, prompt_positions)  # [B, P, ...]
+    qc, kc, vc = _qkv(config, p, xc, completion_positions)  # [N, T, ...]
+    kp, vp, kc, vc = (x.transpose(0, 2, 1, 3) for x in (kp, vp, kc, vc))  # [., KV, L, hd]
+    out_p = _attention(config, qp, kp, vp, prompt_attn)  # [B, P, H*hd]
+    k = jnp.concatenate([jnp.repeat(kp, group_size, axis=0), kc], axis=2)  # [N, KV, P + T, hd]
+    v = jnp.concatenate([jnp.repeat(vp, group_size, axis=0), vc], axis=2)
+    out_c = _attention(config, qc, k, v, completion_attn)  # [N, T, H*hd]
+    xp = _mlp_residual(config, p, xp + _linear(o_proj, out_p, dtype, ls), dtype, ls)
+    xc = _mlp_residual(config, p, xc + _linear(o_proj, out_c, dtype, ls), dtype, ls)
+    return xp, xc
 
 
 def stack_layers(config: ModelConfig, layers) -> dict:

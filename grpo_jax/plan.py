@@ -19,10 +19,12 @@ Printed per chip (the numbers XLA's memory analysis gives for one device of the 
     FLOPs         per GRPO step, analytic (cost_analysis counts a loop body once, not per trip):
                   matmuls 2*rows*(D*(2*H*hd + 2*KV*hd) + 3*D*F) per layer, causal attention
                   4*H*hd*ctx per token per layer, LM head 2*D*V on the positions needing logits;
-                  sampling = prefill over P + T-1 decode steps (N rows), reference = one forward over
+                  sampling = prefill over P (B rows: once per prompt) + T-1 decode steps (N rows),
+                  reference = one forward over
                   P+T (beta > 0), policy = 3 x that forward per pass (mu passes), plus one forward
                   for the old log-probs when train.steps_per_generation > 1
-                  (benchmarks/grpo_step.py's formula).
+                  (benchmarks/grpo_step.py's formula); with train.shared_prefix those forwards run
+                  each prompt once per G / (K * M) rows.
     remat         `.remat` instructions in the compiled HLO: near the limit the TPU compiler silently
                   recomputes tensors to fit (slower steps, no error).
     max B         the largest train.prompts_per_step that fits: an ESTIMATE from one compile (the
@@ -233,11 +235,18 @@ def forward_flops(c, rows: float, ctx_sum: float, head_rows: float) -> float:
 
 
 def step_flops(c: model_lib.ModelConfig, *, n: int, p: int, t: int, use_reference: bool,
-               num_iterations: int = 1, steps_per_generation: int = 1) -> dict:
-    """Analytic FLOPs of one GRPO step over the padded shapes (module docstring)."""
-    prefill = forward_flops(c, n * p, n * p * (p + 1) / 2, n)
+               num_iterations: int = 1, steps_per_generation: int = 1, shared_group: int = 1,
+               prefill_group: int = 1) -> dict:
+    """Analytic FLOPs of one GRPO step over the padded shapes (module docstring). `shared_group` g > 1
+    (train.shared_prefix): the update's forwards encode each prompt once per g rows. `prefill_group`
+    G: the sampler prefills each prompt once for its G rows (sampling.sample(group_size=G))."""
+    # The sampler prefills each prompt once (n / prefill_group rows), then decodes all n rows.
+    prefill = forward_flops(c, n * p / prefill_group, n / prefill_group * p * (p + 1) / 2, n / prefill_group)
     decode = sum(forward_flops(c, n, n * (p + s), n) for s in range(1, t))
-    full = forward_flops(c, n * (p + t), n * (p + t) * (p + t + 1) / 2, n * t)
+    # n / g prompts of p tokens, then n completions of t tokens each seeing its prompt (g = 1: the
+    # plain forward over n rows of p + t, whose causal context sum is the same expression).
+    full = forward_flops(c, n * p / shared_group + n * t,
+                         n / shared_group * p * (p + 1) / 2 + n * (t * p + t * (t + 1) / 2), n * t)
     return {"sample": prefill + decode, "reference": full if use_reference else 0.0,
             "old_logps": full if steps_per_generation > 1 else 0.0, "policy": 3.0 * full * num_iterations}
 
@@ -337,7 +346,8 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
         ts.build_train_step(mc, optimizer, loss_type=g.loss_type, importance_level=g.importance_level,
                             num_iterations=g.num_iterations, num_minibatches=c.train.num_minibatches,
                             steps_per_generation=c.train.steps_per_generation, use_reference=use_reference,
-                            max_completion_length=c.sampling.max_new_tokens, lora=lora),
+                            max_completion_length=c.sampling.max_new_tokens, lora=lora,
+                            shared_prefix=c.train.shared_prefix, group_size=g.group_size),
         mesh, state_sh, second_sh)
     hp = ts.HParams(*([jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)] * 4))
     P, T = c.sampling.max_prompt_length, c.sampling.max_new_tokens
@@ -364,7 +374,8 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
                            key_sds, jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
                            jax.ShapeDtypeStruct((len(eos_ids),), jnp.int32, sharding=replicated),
                            max_new_tokens=T, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
-                           prompt_sharding=prompt_sh, weight_layout=c.sampling.weight_layout)
+                           prompt_sharding=prompt_sh, weight_layout=c.sampling.weight_layout,
+                           group_size=g.group_size, logps=False)  # as rollout.generate calls it
 
     n = rows(c.train.prompts_per_step)
     batch_bytes = (2 * n * P * 4 + 2 * n * T * 4 + n * 4) // len(topo.devices[: data * fsdp])
@@ -447,16 +458,20 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
     elif not sp.ok and sp.available:
         hbm = sp.available * GiB
     fits = tr.ok and sp.ok and per_chip <= hbm
+    shared_group = (ts.shared_group_size(G, config.train.steps_per_generation * config.train.num_minibatches)
+                    if config.train.shared_prefix else 1)
     flops = step_flops(mc, n=B * G, p=P, t=T, use_reference=config.grpo.beta > 0 and not lora,
                        num_iterations=config.grpo.num_iterations,
-                       steps_per_generation=config.train.steps_per_generation)
+                       steps_per_generation=config.train.steps_per_generation, shared_group=shared_group,
+                       prefill_group=G)
     if lora and config.grpo.beta > 0:  # the reference is the base, adapters off: same forward
-        flops["reference"] = step_flops(mc, n=B * G, p=P, t=T, use_reference=True)["reference"]
+        flops["reference"] = step_flops(mc, n=B * G, p=P, t=T, use_reference=True,
+                                        shared_group=shared_group)["reference"]
     total_flops = sum(flops.values())
 
     say("")
     say(f"per chip (GiB)          {'':>10}")
-    say(f"  weights               {_gib(res['weights']):>10}   ({mc.param_dtype}{', frozen base' if lora else ''})")
+    say(f"  weights               {_gib(res['weights']):>10}   ({f'{mc.dtype}, frozen base' if lora else mc.param_dtype})")
     if lora:
         say(f"  LoRA adapters         {_gib(res['adapters']):>10}")
     say(f"  optimizer state       {_gib(res['opt_state']):>10}")

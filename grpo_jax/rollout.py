@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import advantages as adv_lib
+from grpo_jax import buckets
 from grpo_jax import evaluate as eval_lib
 from grpo_jax import rewards as rewards_lib
 from grpo_jax import sampling
@@ -34,7 +35,8 @@ from grpo_jax.build import Setup
 class Generation(NamedTuple):
     """One sampled and scored batch, on the host, identical on every process."""
     examples: list  # B Examples
-    prompt_tokens: np.ndarray  # i32[N, P] left-padded, group-major (N = B*G)
+    # i32[N, P] left-padded, group-major (N = B*G); train.length_buckets: P cut to the batch's bucket
+    prompt_tokens: np.ndarray
     prompt_mask: np.ndarray  # i32[N, P]
     tokens: np.ndarray  # i32[N, T]
     mask: np.ndarray  # f32[N, T] 1 through the first EOS
@@ -87,11 +89,14 @@ def generate(s: Setup, params, examples, key) -> Generation:
     chat, system = c.task.chat_template, c.task.system_prompt or None
     ptok, pmask = tok_lib.encode_prompts(s.tokenizer, [s.task.prompt(e) for e in examples],
                                          max_length=c.sampling.max_prompt_length, chat=chat, system=system)
+    if c.train.length_buckets:  # cut to the batch's longest prompt, rounded up to a bucket (buckets.py)
+        ptok, pmask = buckets.trim_prompts(ptok, pmask)
     ptok, pmask = np.repeat(ptok, G, axis=0), np.repeat(pmask, G, axis=0)  # [N, P] group-major
     rollout = sampling.sample(s.model_config, params, s.put(ptok), s.put(pmask), key,
                               max_new_tokens=c.sampling.max_new_tokens, eos_id=s.eos_ids,
                               temperature=c.sampling.temperature, top_k=c.sampling.top_k,
-                              top_p=c.sampling.top_p, weight_layout=c.sampling.weight_layout)
+                              top_p=c.sampling.top_p, weight_layout=c.sampling.weight_layout,
+                              group_size=G, logps=False)  # one prefill per prompt; training rescores
     tokens, mask = eval_lib.to_host((rollout.tokens, rollout.mask))  # the one host round trip
     sampled_at = time.perf_counter()
     golds = [e for e in examples for _ in range(G)]
@@ -135,7 +140,10 @@ def collect(s: Setup, params, step: int, train_key) -> tuple[Generation, np.ndar
     filler = [(sampled[-1], 0)] * (b - len(kept))  # invalid rows: any real tokens will do
 
     def rows(field):
-        return np.concatenate([getattr(gen, field)[i * G:(i + 1) * G] for gen, i in kept + filler], axis=0)
+        parts = [getattr(gen, field)[i * G:(i + 1) * G] for gen, i in kept + filler]
+        if field.startswith("prompt_"):  # rounds may have cut prompts to different buckets
+            parts = [buckets.left_pad(x, max(y.shape[1] for y in parts)) for x in parts]
+        return np.concatenate(parts, axis=0)
 
     valid = np.repeat(np.arange(b) < len(kept), G).astype(np.float32)
     batch = Generation(

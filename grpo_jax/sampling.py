@@ -3,6 +3,12 @@
 Sampling (one jitted program): for N left-padded prompts [N, P] and T = max_new_tokens,
     prefill:  one cached forward over the prompt into a KV cache (positions = cumsum(prompt_mask) - 1,
               so padding changes nothing); logits of the last prompt slot give token 0.
+              group_size = G > 1 (GRPO: the N = B * G rows are B prompts each repeated G times,
+              group-major, row n = prompt n // G): only the B distinct prompts are prefilled, and their
+              cache and last logits are repeated to the G rows of each group (jnp.repeat, then split
+              over the mesh like any per-row array) before token 0 is drawn over all N rows as usual:
+              same tokens and log-probs as G = 1, (G - 1) / G of the prefill FLOPs saved. Protocol
+              models (own cache layout) still prefill all N rows.
     decode:   lax.while_loop, step t >= 1 feeds token t-1 at slot P + t - 1 and position
               sum(prompt_mask) + t - 1, and draws token t from its logits:
                   y_t ~ softmax(filter(logits_t / temperature))
@@ -20,6 +26,9 @@ Sampling (one jitted program): for N left-padded prompts [N, P] and T = max_new_
               model with scan_layers (the real-model setting: each segment is a copy of every layer
               in the compiled program, 168 s of the Qwen2.5-1.5B sampler's TPU compile with 4).
     Rollout.mask[n, t] = 1 for t up to and including the row's first EOS, 0 after.
+    logps = False: the per-step token_logps (a log-sum-exp over the vocabulary for every row) is not
+    computed and Rollout.logps is all zeros; for callers that recompute the log-probs (training:
+    grpo_jax.scoring), so rollout.generate passes it.
 
 Log-prob contract (why sampled and training log-probs agree exactly):
     Rollout.logps[n, t] = grpo_jax.losses.token_logps(logits_t, y_t, temperature=temperature)
@@ -61,8 +70,8 @@ params, bf16 compute, 128 rows, 256 + 512 tokens): sampler peak per chip 2.05 Gi
 extrapolated from 2 and 4 layers, not compiled).
 
 Jit: `sample` is a thin Python wrapper over one jitted function whose static arguments are config,
-max_new_tokens, top_k, top_p, the prompt sharding and weight_layout; temperature and the EOS ids are traced, so
-changing them (same number of EOS ids) does not recompile.
+max_new_tokens, top_k, top_p, the prompt sharding, weight_layout, group_size and logps; temperature
+and the EOS ids are traced, so changing them (same number of EOS ids) does not recompile.
 """
 from typing import NamedTuple
 
@@ -162,12 +171,23 @@ def _place_params(config, params, mesh, weight_layout: str):
     return jax.tree.map(jax.lax.with_sharding_constraint, params, shardings)
 
 
+def _check_group_size(n: int, group_size: int) -> int:
+    """B = N // G, the number of distinct prompts; at trace time."""
+    if not isinstance(group_size, (int, np.integer)) or group_size < 1 or n % group_size:
+        raise ValueError(f"group_size={group_size!r} must be a positive int dividing the number of prompt "
+                         f"rows N={n} (rows group-major: row n is prompt n // group_size)")
+    return n // group_size
+
+
 def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_ids, *,
-            max_new_tokens: int, top_k: int, top_p: float, prompt_sharding, weight_layout: str = "replicated"):
+            max_new_tokens: int, top_k: int, top_p: float, prompt_sharding, weight_layout: str = "replicated",
+            group_size: int = 1, logps: bool = True):
     _check_prompts(prompt_tokens, prompt_mask)  # at trace time, for `sample` and `sample_traced` alike
     if weight_layout not in WEIGHT_LAYOUTS:
         raise ValueError(f"weight_layout={weight_layout!r}: expected one of {WEIGHT_LAYOUTS}")
     n, p = prompt_tokens.shape
+    b = _check_group_size(n, group_size)
+    want_logps = logps  # `logps` below is the [N, T] buffer
     t_max = max_new_tokens
     mesh = None if prompt_sharding is None else prompt_sharding.mesh
     if weight_layout == "tensor" and mesh is not None and "fsdp" not in mesh.axis_names:
@@ -204,9 +224,20 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
         ends = [t_max]
     elif config.scan_layers:  # a real model on an accelerator: one compiled decode loop, not 4 x the layers
         ends = [t_max]
-    cache = jax.tree.map(constrain_cache, model_lib.cache_init(config, params, n, p + ends[0]))
-    logits, cache = model_lib.forward_with_cache(config, params, prompt_tokens, positions, cache, 0,
-                                               kv_mask[:, : p + ends[0]], last_only=True)  # [N, 1, V]
+    # Prefill. With group_size G > 1 (and our model) only the B = N / G distinct prompts (row g * G of
+    # group g) go through it; their KV cache and last logits are then repeated to the G rows of each
+    # group: the same values a prefill over all N rows gives, for 1/G of its FLOPs.
+    # (A protocol model's cache layout is its own: it prefills all N rows.) On a mesh the B-row cache
+    # is split over the prompts' axes like the N-row one; where B does not divide evenly XLA pads
+    # (ceil(B / chips) rows per chip, never more than the N-row prefill's ceil(N / chips)).
+    shared = group_size > 1 and not model_lib.is_module_model(config)
+    rows = (lambda x: x[::group_size]) if shared else (lambda x: x)  # row g * G: group g's prompt
+    cache = jax.tree.map(constrain_cache, model_lib.cache_init(config, params, b if shared else n, p + ends[0]))
+    logits, cache = model_lib.forward_with_cache(config, params, rows(prompt_tokens), rows(positions), cache, 0,
+                                               rows(kv_mask[:, : p + ends[0]]), last_only=True)  # [B or N, 1, V]
+    if shared:  # to the decode loop's N rows, split over the mesh like every other per-row array
+        cache = jax.tree.map(lambda x: constrain_cache(jnp.repeat(x, group_size, axis=0)), cache)
+        logits = constrain(jnp.repeat(logits, group_size, axis=0))
 
     pad = eos_ids[0]
 
@@ -215,10 +246,11 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
         tok = _choose(logits, jax.random.fold_in(key, t), temperature, top_k=top_k, top_p=top_p)
         alive = ~done
         tok = jnp.where(alive, tok, pad)
-        logp = jnp.where(alive, token_logps(logits, tok, temperature=temperature), 0.0)
         tokens = tokens.at[:, t].set(tok)
         mask = mask.at[:, t].set(alive.astype(jnp.float32))
-        logps = logps.at[:, t].set(logp)
+        if want_logps:  # else no vocabulary-wide log-sum-exp per step; the buffer stays 0
+            logp = jnp.where(alive, token_logps(logits, tok, temperature=temperature), 0.0)
+            logps = logps.at[:, t].set(logp)
         done = done | (alive & jnp.any(tok[:, None] == eos_ids[None, :], axis=-1))
         return tok, done, tokens, mask, logps
 
@@ -257,12 +289,12 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
 
 
 _sample_jit = jax.jit(_sample, static_argnames=("config", "max_new_tokens", "top_k", "top_p", "prompt_sharding",
-                                                "weight_layout"))
+                                                "weight_layout", "group_size", "logps"))
 
 
 def sample_traced(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                   key: jax.Array, *, max_new_tokens: int, eos_id, temperature=1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> Rollout:
+                  top_p: float = 1.0, group_size: int = 1, logps: bool = True) -> Rollout:
     """The un-jitted sampler body, for callers that trace it inside a larger program (jit / vmap,
     e.g. `grpo_jax.sweep`). Same contract as `sample`, but `temperature` may be a traced scalar and
     nothing is validated or placed: no prompt sharding (one device, or whatever the caller's jit does).
@@ -270,18 +302,24 @@ def sample_traced(config: model_lib.ModelConfig, params, prompt_tokens: jax.Arra
     eos_ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
     return _sample(config, params, prompt_tokens, prompt_mask, key, jnp.asarray(temperature, jnp.float32),
                    jnp.asarray(eos_ids, jnp.int32), max_new_tokens=int(max_new_tokens), top_k=int(top_k),
-                   top_p=float(top_p), prompt_sharding=None)
+                   top_p=float(top_p), prompt_sharding=None, group_size=group_size, logps=bool(logps))
 
 
 def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
            key: jax.Array, *, max_new_tokens: int, eos_id, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, weight_layout: str = "replicated") -> Rollout:
+           top_p: float = 1.0, weight_layout: str = "replicated", group_size: int = 1,
+           logps: bool = True) -> Rollout:
     """Sample T = max_new_tokens tokens for each left-padded prompt (see the module docstring).
 
     prompt_tokens i32[N, P], prompt_mask [N, P] (1 = real token); eos_id: an int or a tuple of ints
     (ids outside the vocabulary never match: eos_id=-1 disables stopping). temperature 0 = greedy;
     top_k 0 = off; top_p 1.0 = off. weight_layout: where the params live while decoding on a mesh,
     one of WEIGHT_LAYOUTS (module docstring); no effect on one device.
+    group_size G: the rows are B = N / G prompts each repeated G times, group-major (row n is prompt
+    n // G, as in GRPO); the prompt is then prefilled once per group (module docstring). Same tokens
+    and log-probs as G = 1; N % G != 0 is a ValueError. Static: each value compiles once.
+    logps: False skips the per-step log-softmax over the vocabulary; Rollout.logps is then all zeros
+    (for callers that recompute log-probs, like training). Static.
     """
     eos_ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
     if not eos_ids:
@@ -299,4 +337,4 @@ def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prom
     return _sample_jit(config, params, prompt_tokens, prompt_mask, key, jnp.float32(temperature),
                        jnp.asarray(eos_ids, jnp.int32), max_new_tokens=int(max_new_tokens),
                        top_k=int(top_k), top_p=float(top_p), prompt_sharding=sharding,
-                       weight_layout=weight_layout)
+                       weight_layout=weight_layout, group_size=group_size, logps=bool(logps))  # N % G: at trace

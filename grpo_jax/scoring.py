@@ -22,6 +22,11 @@ hand-written VJP). Peak logits memory is O(chunk x V) instead of O(N x T x V), f
 matmul in the backward. When everything fits in one chunk (the default budget at a small vocabulary)
 there is no scan and no recompute: the same program as the full-logits path. The per-token entropy
 and greedy argmax (metrics, never differentiated) come out of the same chunk loop.
+Shared prefix (`group_size` G > 1; train.shared_prefix): GRPO's G completions of a prompt are
+consecutive rows with the same prompt, so the prompt half of the forward is the same G times over.
+`model.grouped_hidden_states` encodes each prompt once and lets its G completions attend to its keys;
+index P-1 (the last prompt position) comes from the prompt stream, P .. P+T-2 from the completions'.
+The prompt's share of the layer matmuls, (G-1)/G * P/(P+T), is skipped, for the same numbers.
 `completion_logits` (the full [N, T, V]) stays for tests, notebooks and protocol models (an NNX
 graphdef has no hidden-state / LM-head split: those are scored from their full logits).
 Not jitted: these run inside the trainer's jitted step.
@@ -54,10 +59,22 @@ def _concat(prompt_tokens, prompt_mask, completion_tokens):
     return tokens, mask
 
 
-def _scored_hidden(config, params, prompt_tokens, prompt_mask, completion_tokens):
-    """Hidden states [N, T, D] (before the final norm) at the T positions that predict the completion."""
+def _scored_hidden(config, params, prompt_tokens, prompt_mask, completion_tokens, group_size: int = 1):
+    """Hidden states [N, T, D] (before the final norm) at the T positions that predict the completion.
+    group_size > 1: the shared-prefix forward (module docstring)."""
     tokens, mask = _concat(prompt_tokens, prompt_mask, completion_tokens)
-    p = prompt_tokens.shape[1]
+    n, p = prompt_tokens.shape
+    if group_size > 1:
+        if n % group_size:
+            raise ValueError(f"completion_scores: {n} rows are not whole groups of group_size={group_size}")
+        g = group_size
+        # Rows are group-major and every row of a group carries the same prompt: keep the first.
+        prompt_hidden, completion_hidden = model_lib.grouped_hidden_states(
+            config, params, prompt_tokens.reshape(n // g, g, p)[:, 0], prompt_mask.reshape(n // g, g, p)[:, 0],
+            completion_tokens, g)
+        # Index P-1 (the last prompt position, predicting completion token 0) is the prompt's, the
+        # same for the G rows of a group; indices P .. P+T-2 are the completion's own.
+        return jnp.concatenate([jnp.repeat(prompt_hidden[:, -1:], g, axis=0), completion_hidden[:, :-1]], axis=1)
     hidden = model_lib.hidden_states(config, params, tokens, attention_mask=mask)  # [N, P+T, D]
     # Off-by-one: the output at index i predicts token i+1, so completion token t (index P+t) is
     # predicted at index P+t-1; indices P-1 .. P+T-2 give all T completion tokens. Slice before the
@@ -127,15 +144,20 @@ def chunked_head_logps(config: model_lib.ModelConfig, params, hidden: jax.Array,
 
 def completion_scores(config, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                       completion_tokens: jax.Array, *, temperature=1.0, chunk_size: int | None = None,
-                      entropy: bool = False, argmax: bool = False):
+                      entropy: bool = False, argmax: bool = False, group_size: int = 1):
     """(logps f32[N, T], stats) of completion_tokens i32[N, T] given left-padded prompts, without
     the [N, T, V] logits (module docstring). `stats` holds, when asked, "entropy" f32[N, T] (of the
     tempered distribution) and "argmax" i32[N, T] (the greedy token); both carry no gradient.
-    `chunk_size`: token rows per LM-head chunk (default LOGITS_BUDGET // V)."""
+    `chunk_size`: token rows per LM-head chunk (default LOGITS_BUDGET // V).
+    `group_size` G > 1: the rows are N / G groups of G consecutive rows sharing one prompt (GRPO's
+    group-major layout; only each group's first prompt row is read, the others are assumed equal to
+    it and not checked), and each prompt is encoded once for its G completions
+    (`model.grouped_hidden_states`): the same numbers to round-off, less work. Ignored for protocol
+    (NNX graphdef) models, which are scored from their full forward."""
     if model_lib.is_module_model(config):  # no hidden / LM-head split: from the full logits
         logits = completion_logits(config, params, prompt_tokens, prompt_mask, completion_tokens)
         return _stats(logits, completion_tokens, temperature, entropy, argmax)
-    hidden = _scored_hidden(config, params, prompt_tokens, prompt_mask, completion_tokens)
+    hidden = _scored_hidden(config, params, prompt_tokens, prompt_mask, completion_tokens, group_size)
     return chunked_head_logps(config, params, hidden, completion_tokens, temperature=temperature,
                               chunk_size=chunk_size, entropy=entropy, argmax=argmax)
 

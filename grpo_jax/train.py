@@ -29,6 +29,7 @@ import time
 import jax
 import numpy as np
 
+from grpo_jax import buckets
 from grpo_jax import build
 from grpo_jax import checkpoint as ckpt_lib
 from grpo_jax import config as cfg_lib
@@ -116,7 +117,8 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                             importance_level=g.importance_level, num_iterations=g.num_iterations,
                             num_minibatches=c.train.num_minibatches,
                             steps_per_generation=c.train.steps_per_generation, use_reference=use_reference,
-                            max_completion_length=c.sampling.max_new_tokens, lora=lora),
+                            max_completion_length=c.sampling.max_new_tokens, lora=lora,
+                            shared_prefix=c.train.shared_prefix, group_size=g.group_size),
         s.mesh, state_sh, second_sh)
     hp = ts.make_hparams(epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
                          temperature=c.sampling.temperature)
@@ -131,7 +133,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
             max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
             temperature=c.sampling.temperature, chat=chat, system=system, eos_ids=s.eos_ids,
-            weight_layout=c.sampling.weight_layout)
+            weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets)
 
     if fresh:
         dropped = s.prompt_counts
@@ -153,8 +155,11 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         t2 = time.perf_counter()
 
         put = s.put
-        batch = ts.Batch(put(gen.prompt_tokens), put(gen.prompt_mask), put(gen.tokens),
-                         put(loss_mask), put(advantages))
+        ptok, pmask, ctok, cmask = gen.prompt_tokens, gen.prompt_mask, gen.tokens, loss_mask
+        if c.train.length_buckets:  # fewer columns, the same loss (buckets.py); lengths below use gen
+            ptok, pmask = buckets.trim_prompts(ptok, pmask, c.sampling.max_prompt_length)
+            ctok, cmask = buckets.trim_completions(ctok, cmask, c.sampling.max_new_tokens)
+        batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages))
         state, step_metrics = step_fn(state, second, batch, hp)
         lengths = gen.mask.sum(axis=1)
         grouped = gen.rewards.reshape(b, G)
@@ -163,6 +168,9 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             **{k: float(np.mean(v)) for k, v in gen.components.items()},  # reward_<name>, unweighted
             "completion_length": float(lengths.mean()),
             "completion_length_max": float(lengths.max()),
+            "prompt_length_max": float(gen.prompt_mask.sum(axis=1).max()),
+            # the update's widths: the buckets with train.length_buckets, else the configured maxima
+            "update_prompt_width": float(ptok.shape[1]), "update_completion_width": float(ctok.shape[1]),
             "truncated_fraction": float(np.mean(~ended)),
             "zero_std_fraction": float(np.mean(grouped.std(axis=1) == 0)),
             "verifier_errors": gen.stats["verifier_errors"], "verifier_timeouts": gen.stats["verifier_timeouts"],

@@ -135,7 +135,8 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
                      loss_type: str = "grpo", importance_level: str = "token",
                      num_iterations: int = 1, num_minibatches: int = 1, steps_per_generation: int = 1,
                      use_reference: bool = True, max_completion_length: int | None = None,
-                     lora: bool = False, chunk_size: int | None = None):
+                     lora: bool = False, chunk_size: int | None = None, shared_prefix: bool = False,
+                     group_size: int = 1):
     """Returns the pure step `(state, ref_params, batch, hparams) -> (state, metrics)`.
 
     Not jitted: `jit_train_step` adds shardings and donation; tests and sweeps may vmap it first.
@@ -148,6 +149,15 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
 
     `chunk_size`: token rows per LM-head chunk when scoring (`scoring.completion_scores`; None: its
     default, LOGITS_BUDGET // V rows).
+
+    `shared_prefix=True` (train.shared_prefix) with `group_size` = G (grpo.group_size; the batch is
+    group-major, row n holds prompt n // G): every forward of the step (policy, reference, K > 1's
+    old log-probs) encodes each prompt once per group instead of G times
+    (`scoring.completion_scores(group_size=...)`): the same numbers to round-off, less work. A
+    strided chunk (k, m) holds rows j*K*M + k*M + m, so when K*M divides G its rows come in
+    contiguous runs of G / (K*M) rows of one prompt, and that is the group size each chunk is scored
+    with. When K*M does not divide G the runs are irregular and nothing is shared (the plain path,
+    no error). The group size used is `step.shared_group_size` (1: no sharing).
     """
     if loss_type not in losses.LOSS_TYPES:
         raise ValueError(f"grpo.loss_type must be one of {losses.LOSS_TYPES}, got {loss_type!r}")
@@ -155,13 +165,16 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
     if K < 1 or M < 1:
         raise ValueError(f"steps_per_generation={K} and num_minibatches={M} must be >= 1")
 
+    share = shared_group_size(group_size, K * M) if shared_prefix else 1
+
     def policy(params, frozen):  # the model the trained params stand for
         return model_lib.merge_lora(frozen, params) if lora else params
 
     def scored_logps(params, mb: Batch, hp: HParams, *, entropy=False):
         # Chunked LM head (scoring.py): no [N, T, V] logits, in the gradient pass or out of it.
         return completion_scores(model_config, params, mb.prompt_tokens, mb.prompt_mask, mb.completion_tokens,
-                                 temperature=hp.temperature, chunk_size=chunk_size, entropy=entropy)
+                                 temperature=hp.temperature, chunk_size=chunk_size, entropy=entropy,
+                                 group_size=share)
 
     def minibatch_loss(params, frozen, mb: Batch, old_logps, ref_logps, weight, on_policy, hp: HParams):
         # The entropy metric comes out of the same chunk loop with no gradient (stop_gradient there).
@@ -187,6 +200,8 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
         if n % (K * M):
             raise ValueError(f"batch of {n} rows is not divisible by train.steps_per_generation * "
                              f"train.num_minibatches = {K} * {M}")
+        if share > 1 and n % group_size:
+            raise ValueError(f"shared_prefix: batch of {n} rows is not whole groups of group_size={group_size}")
         # [N, ...] -> [K, M, N/(K*M), ...]: chunk (k, m) holds rows k*M + m, + K*M, ... (strided:
         # every chunk stays spread over all the devices the batch is sharded on).
         mbs = Batch(*(_split(x, K * M).reshape(K, M, *_split(x, K * M).shape[1:]) for x in batch))
@@ -265,7 +280,19 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
         metrics["advantage_abs_mean"] = jnp.abs(batch.advantages).mean()
         return TrainState(state.step + 1, params, opt_state), metrics
 
+    step.shared_group_size = share
     return step
+
+
+def shared_group_size(group_size: int, chunks: int) -> int:
+    """Rows of one prompt that lie contiguously in each strided chunk of a group-major batch split
+    into `chunks` = K * M chunks (`_split`): group_size / chunks when chunks divides group_size, else 1.
+
+    Chunk c holds rows j * chunks + c (j = 0, 1, ...). With group_size = chunks * s, row
+    j * chunks + c = (j // s) * group_size + (j % s) * chunks + c belongs to group j // s, since
+    (j % s) * chunks + c < s * chunks: the chunk's rows j = 0..s-1 are group 0's, s..2s-1 group 1's, ...
+    """
+    return group_size // chunks if group_size >= chunks and group_size % chunks == 0 else 1
 
 
 def state_shardings(mesh, optimizer: optax.GradientTransformation, abstract_params) -> TrainState:
