@@ -75,132 +75,137 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
     g = c.grpo
     use_reference = g.beta > 0
     optimizer = ts.optimizer_from_config(c)
-    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=c.train.max_checkpoints)
-    start = ckpt.latest_step()
-    fresh = start is None
-    writer = metrics_lib.MetricsWriter(workdir, progress_total=c.train.steps,
-                                       resume_step=-1 if start is None else start)
-    rows = []
+    # Saves are asynchronous: the device-to-host copy happens inside `save` (the next step may then
+    # donate the state), the disk write in Orbax's background thread while the loop goes on;
+    # `close` in the finally commits the last one even when the loop raises.
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=c.train.max_checkpoints,
+                                 async_save=True)
+    try:
+        start = ckpt.latest_step()
+        fresh = start is None
+        writer = metrics_lib.MetricsWriter(workdir, progress_total=c.train.steps,
+                                           resume_step=-1 if start is None else start)
+        rows = []
 
-    def log(step, scalars):
-        rows.append(writer.write(step, scalars))
-        return rows[-1]
+        def log(step, scalars):
+            rows.append(writer.write(step, scalars))
+            return rows[-1]
 
-    params = s.params
-    if start is None and c.sft.steps > 0:
-        print(f"SFT warm start: {c.sft.steps} steps", file=sys.stderr)
-        params = sft.warm_start(s, lambda step, m: log(0, {(k if k.startswith("sft_") else f"sft_{k}"): v
-                                                 for k, v in m.items()} | {"sft_step": step}))
-    lora = s.model_config.lora_rank > 0
-    if lora:  # train adapters only; the base is frozen and, adapters off, is the reference
-        trained, frozen = build.init_adapters(s), params
-        ref_params = None
-    else:
-        trained, frozen = params, None
-        ref_params = build.reference_params(s.model_config, params) if use_reference else None
-    state = ts.init_state(trained, optimizer, s.mesh)
-    if start is not None:
-        full = build.checkpoint_tree(c, state, ref_params)
-        full, _ = ckpt.restore(ckpt_lib.abstract_like(full))
-        state, ref_params = full["train"], full.get("ref")
-        print(f"resumed from {workdir / 'checkpoints'} at step {start}", file=sys.stderr)
-    start = start or 0
+        params = s.params
+        if start is None and c.sft.steps > 0:
+            print(f"SFT warm start: {c.sft.steps} steps", file=sys.stderr)
+            params = sft.warm_start(s, lambda step, m: log(0, {(k if k.startswith("sft_") else f"sft_{k}"): v
+                                                     for k, v in m.items()} | {"sft_step": step}))
+        lora = s.model_config.lora_rank > 0
+        if lora:  # train adapters only; the base is frozen and, adapters off, is the reference
+            trained, frozen = build.init_adapters(s), params
+            ref_params = None
+        else:
+            trained, frozen = params, None
+            ref_params = build.reference_params(s.model_config, params) if use_reference else None
+        state = ts.init_state(trained, optimizer, s.mesh)
+        if start is not None:
+            full = build.checkpoint_tree(c, state, ref_params)
+            full, _ = ckpt.restore(ckpt_lib.abstract_like(full))
+            state, ref_params = full["train"], full.get("ref")
+            print(f"resumed from {workdir / 'checkpoints'} at step {start}", file=sys.stderr)
+        start = start or 0
 
-    def policy_params():  # what the sampler and eval run: the base with the adapters on
-        return model_lib.merge_lora(frozen, state.params) if lora else state.params
+        def policy_params():  # what the sampler and eval run: the base with the adapters on
+            return model_lib.merge_lora(frozen, state.params) if lora else state.params
 
-    state_sh = ts.state_shardings(s.mesh, optimizer, jax.eval_shape(lambda p: p, state.params))
-    second = frozen if lora else ref_params  # the step's second argument: base (LoRA) or reference
-    second_sh = sharding.param_shardings(s.mesh, second) if second is not None else None
-    step_fn = ts.jit_train_step(
-        ts.build_train_step(s.model_config, optimizer, loss_type=g.loss_type,
-                            importance_level=g.importance_level, num_iterations=g.num_iterations,
-                            num_minibatches=c.train.num_minibatches,
-                            steps_per_generation=c.train.steps_per_generation, use_reference=use_reference,
-                            max_completion_length=c.sampling.max_new_tokens, lora=lora,
-                            shared_prefix=c.train.shared_prefix, group_size=g.group_size),
-        s.mesh, state_sh, second_sh)
-    hp = ts.make_hparams(epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
-                         temperature=c.sampling.temperature)
-    # Two independent streams: step t samples with fold_in(train_key, t), eval at t with fold_in(eval_key, t).
-    train_key, eval_key = (jax.random.fold_in(jax.random.key(c.train.seed), i) for i in (0, 1))
-    chat, system = c.task.chat_template, c.task.system_prompt or None
-    b, G = c.train.prompts_per_step, g.group_size
+        state_sh = ts.state_shardings(s.mesh, optimizer, jax.eval_shape(lambda p: p, state.params))
+        second = frozen if lora else ref_params  # the step's second argument: base (LoRA) or reference
+        second_sh = sharding.param_shardings(s.mesh, second) if second is not None else None
+        step_fn = ts.jit_train_step(
+            ts.build_train_step(s.model_config, optimizer, loss_type=g.loss_type,
+                                importance_level=g.importance_level, num_iterations=g.num_iterations,
+                                num_minibatches=c.train.num_minibatches,
+                                steps_per_generation=c.train.steps_per_generation, use_reference=use_reference,
+                                max_completion_length=c.sampling.max_new_tokens, lora=lora,
+                                shared_prefix=c.train.shared_prefix, group_size=g.group_size),
+            s.mesh, state_sh, second_sh)
+        hp = ts.make_hparams(epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
+                             temperature=c.sampling.temperature)
+        # Two independent streams: step t samples with fold_in(train_key, t), eval at t with fold_in(eval_key, t).
+        train_key, eval_key = (jax.random.fold_in(jax.random.key(c.train.seed), i) for i in (0, 1))
+        chat, system = c.task.chat_template, c.task.system_prompt or None
+        b, G = c.train.prompts_per_step, g.group_size
 
-    def run_eval(step):
-        return eval_lib.evaluate(
-            s.model_config, policy_params(), s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
-            batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
-            max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
-            temperature=c.sampling.temperature, chat=chat, system=system, eos_ids=s.eos_ids,
-            weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets)
+        def run_eval(step):
+            return eval_lib.evaluate(
+                s.model_config, policy_params(), s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
+                batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
+                max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
+                temperature=c.sampling.temperature, chat=chat, system=system, eos_ids=s.eos_ids,
+                weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets)
 
-    if fresh:
-        dropped = s.prompt_counts
-        if any(dropped.values()):  # once per run: the counts also go into the step-0 metrics row
-            print(f"dropped prompts longer than sampling.max_prompt_length={c.sampling.max_prompt_length} "
-                  f"tokens: {dropped['prompts_dropped_train']} training, {dropped['prompts_dropped_eval']} "
-                  f"held-out", file=sys.stderr)
-        log(0, {k: float(v) for k, v in dropped.items()} | (run_eval(0) if c.train.eval_every else {}))
-        ckpt.save(0, build.checkpoint_tree(c, state, ref_params),
-                  {"step": 0, "config_hash": cfg_lib.config_hash(c)}, force=True)
+        if fresh:
+            dropped = s.prompt_counts
+            if any(dropped.values()):  # once per run: the counts also go into the step-0 metrics row
+                print(f"dropped prompts longer than sampling.max_prompt_length={c.sampling.max_prompt_length} "
+                      f"tokens: {dropped['prompts_dropped_train']} training, {dropped['prompts_dropped_eval']} "
+                      f"held-out", file=sys.stderr)
+            log(0, {k: float(v) for k, v in dropped.items()} | (run_eval(0) if c.train.eval_every else {}))
+            ckpt.save(0, build.checkpoint_tree(c, state, ref_params),
+                      {"step": 0, "config_hash": cfg_lib.config_hash(c)}, force=True)
 
-    done = 0
-    for step in range(start, c.train.steps):
-        if stop_after is not None and done >= stop_after:
-            break
-        t0 = time.perf_counter()
-        gen, valid, sampled_metrics = rollout.collect(s, policy_params(), step, train_key)  # sample + score
-        advantages, loss_mask, ended = rollout.update_inputs(c, gen, valid, s.eos_ids)
-        t2 = time.perf_counter()
+        done = 0
+        for step in range(start, c.train.steps):
+            if stop_after is not None and done >= stop_after:
+                break
+            t0 = time.perf_counter()
+            gen, valid, sampled_metrics = rollout.collect(s, policy_params(), step, train_key)  # sample + score
+            advantages, loss_mask, ended = rollout.update_inputs(c, gen, valid, s.eos_ids)
+            t2 = time.perf_counter()
 
-        put = s.put
-        ptok, pmask, ctok, cmask = gen.prompt_tokens, gen.prompt_mask, gen.tokens, loss_mask
-        if c.train.length_buckets:  # fewer columns, the same loss (buckets.py); lengths below use gen
-            ptok, pmask = buckets.trim_prompts(ptok, pmask, c.sampling.max_prompt_length)
-            ctok, cmask = buckets.trim_completions(ctok, cmask, c.sampling.max_new_tokens)
-        batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages))
-        state, step_metrics = step_fn(state, second, batch, hp)
-        lengths = gen.mask.sum(axis=1)
-        grouped = gen.rewards.reshape(b, G)
-        host = {
-            "reward_mean": float(np.mean(gen.rewards)), "reward_std": float(np.std(gen.rewards)),
-            **{k: float(np.mean(v)) for k, v in gen.components.items()},  # reward_<name>, unweighted
-            "completion_length": float(lengths.mean()),
-            "completion_length_max": float(lengths.max()),
-            "prompt_length_max": float(gen.prompt_mask.sum(axis=1).max()),
-            # the update's widths: the buckets with train.length_buckets, else the configured maxima
-            "update_prompt_width": float(ptok.shape[1]), "update_completion_width": float(ctok.shape[1]),
-            "truncated_fraction": float(np.mean(~ended)),
-            "zero_std_fraction": float(np.mean(grouped.std(axis=1) == 0)),
-            "verifier_errors": gen.stats["verifier_errors"], "verifier_timeouts": gen.stats["verifier_timeouts"],
-        } | sampled_metrics  # dynamic sampling: reward statistics over everything it sampled
-        done += 1
-        now = step + 1
-        is_ckpt = c.train.checkpoint_every and now % c.train.checkpoint_every == 0 or now == c.train.steps
-        if now % c.train.log_every == 0 or is_ckpt:
-            fetched = metrics_lib.fetch(step_metrics)  # blocks: the update's time is in step_seconds
-            t3 = time.perf_counter()
-            if not math.isfinite(fetched["loss"]):
-                last = ckpt.latest_step()
-                raise FloatingPointError(
-                    f"non-finite loss ({fetched['loss']}) at step {now}; stopped without saving. The last "
-                    f"good checkpoint is step {last} in {workdir / 'checkpoints'}")
-            row = {**host, **fetched, "sample_seconds": gen.stats["sample_seconds"],
-                   "reward_seconds": gen.stats["reward_seconds"], "update_seconds": t3 - t2,
-                   "step_seconds": t3 - t0}
-            if c.train.eval_every and (now % c.train.eval_every == 0 or now == c.train.steps):
-                row |= run_eval(now)
-            log(now, row)
-            if c.train.samples_every and now % c.train.samples_every == 0:
-                e = gen.examples[0]
-                writer.write_text(now, "completion", f"{e.prompt} -> {gen.completions[0]!r} "
-                                                     f"(reward {gen.rewards[0]:.2f}, gold {e.answer})")
-        if is_ckpt:
-            ckpt.save(now, build.checkpoint_tree(c, state, ref_params),
-                      {"step": now, "config_hash": cfg_lib.config_hash(c)}, force=True)
-    ckpt.wait()
-    ckpt.close()
+            put = s.put
+            ptok, pmask, ctok, cmask = gen.prompt_tokens, gen.prompt_mask, gen.tokens, loss_mask
+            if c.train.length_buckets:  # fewer columns, the same loss (buckets.py); lengths below use gen
+                ptok, pmask = buckets.trim_prompts(ptok, pmask, c.sampling.max_prompt_length)
+                ctok, cmask = buckets.trim_completions(ctok, cmask, c.sampling.max_new_tokens)
+            batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages))
+            state, step_metrics = step_fn(state, second, batch, hp)
+            lengths = gen.mask.sum(axis=1)
+            grouped = gen.rewards.reshape(b, G)
+            host = {
+                "reward_mean": float(np.mean(gen.rewards)), "reward_std": float(np.std(gen.rewards)),
+                **{k: float(np.mean(v)) for k, v in gen.components.items()},  # reward_<name>, unweighted
+                "completion_length": float(lengths.mean()),
+                "completion_length_max": float(lengths.max()),
+                "prompt_length_max": float(gen.prompt_mask.sum(axis=1).max()),
+                # the update's widths: the buckets with train.length_buckets, else the configured maxima
+                "update_prompt_width": float(ptok.shape[1]), "update_completion_width": float(ctok.shape[1]),
+                "truncated_fraction": float(np.mean(~ended)),
+                "zero_std_fraction": float(np.mean(grouped.std(axis=1) == 0)),
+                "verifier_errors": gen.stats["verifier_errors"], "verifier_timeouts": gen.stats["verifier_timeouts"],
+            } | sampled_metrics  # dynamic sampling: reward statistics over everything it sampled
+            done += 1
+            now = step + 1
+            is_ckpt = c.train.checkpoint_every and now % c.train.checkpoint_every == 0 or now == c.train.steps
+            if now % c.train.log_every == 0 or is_ckpt:
+                fetched = metrics_lib.fetch(step_metrics)  # blocks: the update's time is in step_seconds
+                t3 = time.perf_counter()
+                if not math.isfinite(fetched["loss"]):
+                    last = ckpt.latest_step()
+                    raise FloatingPointError(
+                        f"non-finite loss ({fetched['loss']}) at step {now}; stopped without saving. The last "
+                        f"good checkpoint is step {last} in {workdir / 'checkpoints'}")
+                row = {**host, **fetched, "sample_seconds": gen.stats["sample_seconds"],
+                       "reward_seconds": gen.stats["reward_seconds"], "update_seconds": t3 - t2,
+                       "step_seconds": t3 - t0}
+                if c.train.eval_every and (now % c.train.eval_every == 0 or now == c.train.steps):
+                    row |= run_eval(now)
+                log(now, row)
+                if c.train.samples_every and now % c.train.samples_every == 0:
+                    e = gen.examples[0]
+                    writer.write_text(now, "completion", f"{e.prompt} -> {gen.completions[0]!r} "
+                                                         f"(reward {gen.rewards[0]:.2f}, gold {e.answer})")
+            if is_ckpt:
+                ckpt.save(now, build.checkpoint_tree(c, state, ref_params),
+                          {"step": now, "config_hash": cfg_lib.config_hash(c)}, force=True)
+    finally:
+        ckpt.close()
     writer.close()
     return rows
 

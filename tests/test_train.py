@@ -137,6 +137,46 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(r["step"] <= last or r["step"] == last + 1 for r in rows)
 
 
+def test_checkpoint_saves_are_asynchronous_and_committed_when_the_loop_raises(tmp_path, monkeypatch):
+    """The loop's saves write in the background (the next step does not wait for the disk), and a loop
+    that raises still commits the save in flight. Each array write is slowed down and the step after
+    the first save raises: the save must not have been committed when the loop went on, and must be
+    by the time run() has raised."""
+    import asyncio
+
+    from orbax.checkpoint._src.serialization import serialization
+
+    from grpo_jax import rollout
+    from grpo_jax.checkpoint import Checkpointer
+
+    original = serialization.async_serialize_from_host
+    seen = {}
+
+    async def slow_write(*args, **kwargs):
+        await asyncio.sleep(0.5)
+        return await original(*args, **kwargs)
+
+    collect = rollout.collect
+
+    def collect_then_fail(s, params, step, key):
+        if step == 1:  # the step after the first save: the loop went on while the save is written
+            # Committed steps are directories named by the step (in flight: "<step>.orbax-checkpoint-tmp");
+            # a second Checkpointer here would clean the in-flight save's temporary directory away.
+            seen["committed while the loop ran"] = sorted(
+                int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
+            raise RuntimeError("verifier crashed")
+        return collect(s, params, step, key)
+
+    monkeypatch.setattr(serialization, "async_serialize_from_host", slow_write)
+    monkeypatch.setattr(rollout, "collect", collect_then_fail)
+    with pytest.raises(RuntimeError, match="verifier crashed"):
+        train.run(argv(tmp_path, "mesh.data=1", "mesh.fsdp=1", "train.checkpoint_every=1", "train.steps=4",
+                       "sft.steps=0", "train.eval_every=0"))
+    assert 1 not in seen["committed while the loop ran"]  # step 1 was still being written
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        assert ckpt.latest_step() == 1
+
+
 @pytest.mark.parametrize("extra, match", [
     (["grpo.betta=0.1"], r"unknown config key `grpo.betta`"),
     (["grpo.group_size=1"], r"`grpo.group_size` = 1"),
