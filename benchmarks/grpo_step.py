@@ -15,8 +15,13 @@ jitted, donated `train_step` with a reference model when beta > 0. Printed per s
 Step time = sample + reward + update. The first step (compile) is excluded and reported as
 `compile_s` (first step minus the median step).
 
-FLOPs are counted analytically over the padded shapes the step computes (N = prompts * G rows,
-prompt P, completion T): matmuls 2 * rows * (D*(2*H*hd + 2*KV*hd) + 3*D*F) per layer, causal
+--baseline runs the step as it was before issue 17 (prompts padded to --max-prompt-len, every row
+prefilled, sampler log-probs, every prompt encoded G times in the update); by default prompts are cut
+to their length bucket, each prompt is prefilled once and encoded once per group in the update.
+--prompt-prefix N puts the same N-character instruction before every question (GSM8K-shaped).
+
+FLOPs are counted analytically (grpo_jax.plan.step_flops) over the shapes the step executes (N =
+prompts * G rows, prompt P = the median width after bucketing, completion T): matmuls 2 * rows * (D*(2*H*hd + 2*KV*hd) + 3*D*F) per layer, causal
 attention 4 * H*hd * ctx per token per layer (ctx = the keys a query may attend to), LM head 2*D*V
 on the positions that need logits. Sampling = prefill over P (LM head on the last slot) + T-1
 decode steps of N tokens; reference = one forward over P+T (LM head on T positions); policy =
@@ -43,16 +48,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import advantages as adv_lib
-from grpo_jax import sampling, scoring, sharding, weights
+from grpo_jax import buckets, sampling, scoring, sharding, weights
 from grpo_jax import tokenizer as tok_lib
 from grpo_jax import train_step as ts
 from grpo_jax.build import make_put
-from grpo_jax.plan import forward_flops, layer_matmul_flops  # the one analytic FLOP count
+from grpo_jax.plan import forward_flops, layer_matmul_flops, step_flops  # the one analytic FLOP count
+
+PREFIX_SENTENCE = "Solve the problem. Think step by step, then give the final number after 'A:'. "
 
 
-def prompt_texts(rng: np.random.Generator, n: int) -> list[str]:
-    """Plain text prompts of varying length (left-padding is exercised), <= 26 characters."""
-    return [f"Q: {rng.integers(0, 10**rng.integers(1, 6))}+{rng.integers(0, 1000)}=? A:" for _ in range(n)]
+def prefix_text(chars: int) -> str:
+    """A shared instruction of `chars` characters (= tokens with the tiny model's char tokenizer),
+    the same in benchmarks/trl_grpo_step.py: a GSM8K-shaped prompt is a long shared prefix + a question."""
+    return (PREFIX_SENTENCE * (chars // len(PREFIX_SENTENCE) + 1))[:chars]
+
+
+def prompt_texts(rng: np.random.Generator, n: int, prefix: str = "") -> list[str]:
+    """Plain text prompts of varying length (left-padding is exercised), <= 26 characters after the prefix."""
+    return [f"{prefix}Q: {rng.integers(0, 10**rng.integers(1, 6))}+{rng.integers(0, 1000)}=? A:" for _ in range(n)]
 
 
 def digit_reward(text: str) -> float:
@@ -61,16 +74,6 @@ def digit_reward(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------- FLOPs
-def step_flops(c, n: int, p: int, t: int, use_reference: bool) -> dict:
-    # Sampling: prefill over P (causal: token i sees i+1 keys), LM head on the last slot only.
-    prefill = forward_flops(c, n * p, n * p * (p + 1) / 2, n)
-    # Decode steps t = 1..T-1: one token per row at slot P+t-1, attending to P+t keys.
-    decode = sum(forward_flops(c, n, n * (p + s), n) for s in range(1, t))
-    # Full forward over P+T tokens, LM head on the T completion positions.
-    full = forward_flops(c, n * (p + t), n * (p + t) * (p + t + 1) / 2, n * t)
-    return {"sample": prefill + decode, "reference": full if use_reference else 0.0, "policy": 3.0 * full}
-
-
 def matmul_gflops(c, rows: int, *, reps: int, tries: int = 5) -> float:
     """Best-of-`tries` fp32 GFLOP/s of one layer's matmuls + the LM head at `rows` rows, `reps` chained."""
     d, f, hd, v = c.hidden_size, c.intermediate_size, c.head_dim, c.vocab_size
@@ -114,6 +117,11 @@ def main(argv=None):
     parser.add_argument("--no-ref-timing", action="store_true",
                         help="skip the separate reference-forward timing (it adds work outside the step)")
     parser.add_argument("--json", help="also write the per-step times and the RESULT fields to this file")
+    parser.add_argument("--prompt-prefix", type=int, default=0,
+                        help="characters of a shared instruction before every question (GSM8K-shaped: ~200)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="the step before issue 17: prompts padded to --max-prompt-len, one prefill per "
+                             "row, sampler log-probs, the update encoding each prompt G times")
     args = parser.parse_args(argv)
 
     b, g, p, t = args.prompts, args.group_size, args.max_prompt_len, args.max_new_tokens
@@ -130,15 +138,17 @@ def main(argv=None):
     state_sh = ts.state_shardings(mesh, optimizer, jax.eval_shape(lambda x: x, state.params))
     ref_sh = sharding.param_shardings(mesh, ref_params) if use_reference else None
     step_fn = ts.jit_train_step(
-        ts.build_train_step(config, optimizer, use_reference=use_reference, max_completion_length=t),
+        ts.build_train_step(config, optimizer, use_reference=use_reference, max_completion_length=t,
+                            shared_prefix=not args.baseline, group_size=g),
         mesh, state_sh, ref_sh)
     hp = ts.make_hparams(epsilon=0.2, beta=args.beta, temperature=1.0)
     ref_fn = jax.jit(lambda prm, bt: scoring.completion_logps(
         config, prm, bt.prompt_tokens, bt.prompt_mask, bt.completion_tokens))
     time_ref = use_reference and not args.no_ref_timing
 
-    flops = step_flops(config, n, p, t, use_reference)
-    total_flops = sum(flops.values())
+    share = 1 if args.baseline else g  # one prefill per prompt and the shared-prefix update
+    prefix = prefix_text(args.prompt_prefix)
+    widths = []
     gf_decode = gf_train = 0.0
 
     def measure_roofline():
@@ -152,11 +162,15 @@ def main(argv=None):
     rows = []
     for step in range(args.steps + 1):
         t0 = time.perf_counter()
-        ptok, pmask = tok_lib.encode_prompts(tokenizer, prompt_texts(rng, b), max_length=p)
+        ptok, pmask = tok_lib.encode_prompts(tokenizer, prompt_texts(rng, b, prefix), max_length=p)
+        if not args.baseline:  # the trainer's length buckets (train.length_buckets)
+            ptok, pmask = buckets.trim_prompts(ptok, pmask, maximum=p)
+        widths.append(ptok.shape[1])
         ptok, pmask = np.repeat(ptok, g, axis=0), np.repeat(pmask, g, axis=0)  # [N, P] group-major
         ptok_d, pmask_d = put(ptok), put(pmask)
         rollout = sampling.sample(config, state.params, ptok_d, pmask_d, jax.random.fold_in(key, step),
-                                  max_new_tokens=t, eos_id=-1, temperature=1.0)
+                                  max_new_tokens=t, eos_id=-1, temperature=1.0,
+                                  **({} if args.baseline else dict(group_size=g, logps=False)))
         tokens, mask = np.asarray(rollout.tokens), np.asarray(rollout.mask)  # the host round trip
         t1 = time.perf_counter()
         completions = tok_lib.decode_completions(tokenizer, tokens, mask, eos_id=-1)
@@ -183,12 +197,17 @@ def main(argv=None):
     measure_roofline()
 
     timed = rows[1:]
+    p_used = statistics.median(widths)  # executed FLOPs: the prompt width the step ran
+    flops = step_flops(config, n=n, p=p_used, t=t, use_reference=use_reference, prefill_group=share,
+                       shared_group=share)
+    total_flops = sum(flops.values())
     med = {k: statistics.median(r[k] for r in timed) for k in rows[0]}
     sec = med["step"]
     roofline_s = flops["sample"] / (gf_decode * 1e9) + (flops["reference"] + flops["policy"]) / (gf_train * 1e9)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "sec_per_step_median": sec, "tokens_per_s": n * t / sec, "gflops_per_step": total_flops / 1e9,
+        "prompt_width": p_used,
         "achieved_gflops": total_flops / 1e9 / sec, "roofline_fraction": roofline_s / sec,
         "peak_rss_mb": peak_rss_mb, "sample_s": med["sample"], "reward_s": med["reward"],
         "update_s": med["update"], "ref_s": med["ref"], "compile_s": rows[0]["step"] - sec,

@@ -27,8 +27,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 
-def prompt_texts(rng, n):  # the same generator as benchmarks/grpo_step.py
-    return [f"Q: {rng.integers(0, 10**rng.integers(1, 6))}+{rng.integers(0, 1000)}=? A:" for _ in range(n)]
+PREFIX_SENTENCE = "Solve the problem. Think step by step, then give the final number after 'A:'. "
+
+
+def prefix_text(chars):  # the same shared instruction as benchmarks/grpo_step.py
+    return (PREFIX_SENTENCE * (chars // len(PREFIX_SENTENCE) + 1))[:chars]
+
+
+def prompt_texts(rng, n, prefix=""):  # the same generator as benchmarks/grpo_step.py
+    return [f"{prefix}Q: {rng.integers(0, 10**rng.integers(1, 6))}+{rng.integers(0, 1000)}=? A:" for _ in range(n)]
 
 
 def digit_reward(completions, **_):
@@ -55,11 +62,12 @@ def main():
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt-prefix", type=int, default=0, help="characters of a shared instruction")
     args = parser.parse_args()
     b, g, t = args.prompts, args.group_size, args.max_new_tokens
 
     rng = np.random.default_rng(args.seed)
-    dataset = Dataset.from_dict({"prompt": prompt_texts(rng, b * (args.steps + 1))})
+    dataset = Dataset.from_dict({"prompt": prompt_texts(rng, b * (args.steps + 1), prefix_text(args.prompt_prefix))})
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as out:

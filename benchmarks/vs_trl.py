@@ -1,7 +1,7 @@
 """grpo_jax vs TRL's GRPOTrainer, one GRPO step, alternating runs in one invocation.
 
     python -m benchmarks.vs_trl [--model-dir benchmarks/_models/tiny_qwen2] [--runs 3] [--steps 5]
-                                [--new-tokens 64 256]
+                                [--new-tokens 64 256] [--prompt-prefix 200] [--with-baseline]
 
 Creates benchmarks/_venv_trl (torch==2.13.0, the cached CPU wheel, installed first and pinned, then
 trl==1.16.0) when absent, and the tiny Qwen2 dir (benchmarks/make_tiny_qwen2.py) when absent. For each
@@ -67,18 +67,28 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--beta", type=float, default=0.04)
+    parser.add_argument("--prompt-prefix", type=int, default=0,
+                        help="characters (= tokens) of a shared instruction before every question; "
+                             "the GSM8K-shaped workload uses 200")
+    parser.add_argument("--with-baseline", action="store_true",
+                        help="also alternate our step as it was before issue 17 (grpo_step --baseline)")
     args = parser.parse_args()
 
     ensure_trl_venv()
     if not (ROOT / args.model_dir / "config.json").exists():
         subprocess.run([sys.executable, "-m", "benchmarks.make_tiny_qwen2", args.model_dir], check=True, cwd=ROOT)
-    common = ["--model-dir", args.model_dir, "--prompts", "8", "--group-size", "8", "--beta", str(args.beta)]
+    common = ["--model-dir", args.model_dir, "--prompts", "8", "--group-size", "8", "--beta", str(args.beta),
+              "--prompt-prefix", str(args.prompt_prefix)]
+    prompt_len = str(32 + args.prompt_prefix)
     for t in args.new_tokens:
         print(f"max_new_tokens={t}: alternating {args.runs} runs x {args.steps} timed steps", flush=True)
-        ours, theirs = [], []
+        ours, theirs, base = [], [], []
         for i in range(args.runs):
-            ours.append(run([sys.executable, "-m", "benchmarks.grpo_step", *common, "--max-prompt-len", "32",
-                             "--max-new-tokens", str(t), "--steps", str(args.steps)], f"run {i} grpo_jax"))
+            cmd = [sys.executable, "-m", "benchmarks.grpo_step", *common, "--max-prompt-len", prompt_len,
+                   "--max-new-tokens", str(t), "--steps", str(args.steps)]
+            ours.append(run(cmd, f"run {i} grpo_jax"))
+            if args.with_baseline:
+                base.append(run(cmd + ["--baseline"], f"run {i} grpo_jax before issue 17"))
             theirs.append(run([str(TRL_PY), "benchmarks/trl_grpo_step.py", *common, "--max-new-tokens", str(t),
                                "--steps", str(args.steps)], f"run {i} trl"))
 
@@ -91,7 +101,11 @@ def main():
               f"grpo_jax_update_s={med(ours, 'update_s'):.4g} "
               f"trl_score_plus_update_s={med(theirs, 'score_s') + med(theirs, 'update_s'):.4g} "
               f"grpo_jax_roofline_fraction={med(ours, 'roofline_fraction'):.3g} "
-              f"grpo_jax_peak_rss_mb={med(ours, 'peak_rss_mb'):.0f} trl_peak_rss_mb={med(theirs, 'peak_rss_mb'):.0f}",
+              f"grpo_jax_peak_rss_mb={med(ours, 'peak_rss_mb'):.0f} trl_peak_rss_mb={med(theirs, 'peak_rss_mb'):.0f} "
+              f"grpo_jax_gflops_per_step={med(ours, 'gflops_per_step'):.4g}"
+              + (f" baseline_sec_per_step={med(base, 'sec_per_step_median'):.4g} "
+                 f"speedup_vs_baseline={med(base, 'sec_per_step_median') / a:.3g} "
+                 f"baseline_gflops_per_step={med(base, 'gflops_per_step'):.4g}" if base else ""),
               flush=True)
 
 
