@@ -16,19 +16,21 @@ one scan with full remat, the sampler decoding with tensor-parallel weights (sam
 Plan (`python -m grpo_jax.plan --config experiments/qwen2_5_7b_gsm8k_lora.py --topology v5e-8`, libtpu
 0.0.42.1, 2026-11-30, from the 2-core CPU VM), per chip of 15.75 GiB usable:
     frozen base 1.774 (bf16) + adapters 0.114 + their Adam state 0.228
-    train step: arguments 2.117 + temporaries 7.119 -> peak 9.236 GiB
+    train step: arguments 2.117 + temporaries 5.943 -> peak 8.060 GiB
     sampler (tensor-parallel MLP and vocabulary; 28 / 4 heads do not divide 8, so attention
-    weights replicated): peak 5.871 + resident 2.115 = 7.986 GiB
-    per chip 9.236 GiB: FITS (41 % headroom; largest batch ~15 prompts, estimate)
-    FLOPs per step 3.423e15 (sample 6.84e14, reference 6.85e14, policy fwd+bwd 2.05e15)
+    weights replicated): peak 5.544 + resident 2.115 = 7.659 GiB
+    per chip 8.060 GiB: FITS (49 % headroom)
+    FLOPs per step 2.484e15 (sample 4.96e14, reference 4.97e14, policy fwd+bwd 1.49e15)
+    compile: train step 160 s, sampler 80 s (2 cores, other work running)
 
-One 80 GB GPU (mesh 1 x 1, `--config.model.attention=cudnn`), by the memory arithmetic: base 15.2 GB
+One 80 GB GPU (mesh 1 x 1, `--config.model.attention=cudnn --config.train.shared_prefix=false`: the
+shared-prefix forward has no cuDNN kernel), by the memory arithmetic: base 15.2 GB
 (bf16) + adapters, grads and Adam 0.65 GB + the scanned forward's stacked bf16 copy of the layers
 13.0 GB + saved layer inputs 64 x 768 x 3584 x 2 B x 28 = 9.9 GB + one layer recomputed in the
 backward (MLP [64 x 768 x 18944] bf16 = 1.9 GB, about 3 live: 5.6 GB; flash attention saves no
 probabilities) + LM-head chunks ~1 GB = about 45 GB while training; sampling holds the base plus a
 64-row KV cache of 64 x 28 x 2 x 4 x 128 x 768 x 2 B = 2.8 GB. With scan_layers=false the stacked
-copy goes (about 32 GB). XLA:CPU compiled for one device (`--topology cpu`: XLA attention keeps f32
+copy goes (about 32 GB). XLA:CPU compiled for one device (`--topology cpu`, shared prefix off: XLA attention keeps f32
 [64, 28, 768, 768] scores, probabilities and their gradients) reports 88.3 GiB, so on a GPU without
 cuDNN attention use train.num_minibatches=2.
 """
