@@ -34,7 +34,9 @@ copy goes (about 32 GB). XLA:CPU compiled for one device (`--topology cpu`, shar
 [64, 28, 768, 768] scores, probabilities and their gradients) reports 88.3 GiB, so on a GPU without
 cuDNN attention use train.num_minibatches=2.
 """
-from grpo_jax.config import Config
+import pathlib
+
+from grpo_jax.config import Config, load_config
 
 
 QWEN2_5_7B = dict(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
@@ -43,31 +45,13 @@ QWEN2_5_7B = dict(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=
 
 
 def get_config() -> Config:
-    c = Config()
+    c = load_config(pathlib.Path(__file__).with_name("qwen2_5_1_5b_gsm8k.py"))  # the GSM8K recipe
     c.model.path = "models/Qwen2.5-7B-Instruct"
     for key, value in QWEN2_5_7B.items():
         setattr(c.model, key, value)
-    c.model.dtype = "bfloat16"
     c.model.lora_rank = 16
     c.model.lora_alpha = 32.0
-    c.model.scan_layers = True
-    c.model.remat = "full"
-    c.mesh.data, c.mesh.fsdp = 1, -1
     c.sampling.weight_layout = "tensor"
-    c.task.name = "gsm8k"
-    c.task.data_path = "data/gsm8k"  # train.jsonl / test.jsonl of the GSM8K release (shared/data/gsm8k)
-    c.task.chat_template = True
-    c.task.eval_size = 500
-    c.rewards.weights["format"] = 0.1
-    c.grpo.group_size = 8
-    c.grpo.beta = 0.04
-    c.sampling.max_prompt_length = 256
-    c.sampling.max_new_tokens = 512
     c.optim.learning_rate = 1e-5  # LoRA adapters take a larger step than full fine-tuning
-    c.optim.warmup_steps = 10
-    c.train.steps = 500
     c.train.prompts_per_step = 8
-    c.train.eval_every = 50
-    c.train.eval_batch_size = 64
-    c.train.checkpoint_every = 50
     return c

@@ -20,7 +20,9 @@ Plan (`python -m grpo_jax.plan --config experiments/qwen3_0_6b_gsm8k.py --topolo
     FLOPs per step 9.151e14 (sample 1.83e14, reference 1.83e14, policy fwd+bwd 5.49e14)
     compile: train step 162 s, sampler 56 s (2 cores, other work running)
 """
-from grpo_jax.config import Config
+import pathlib
+
+from grpo_jax.config import Config, load_config
 
 
 QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
@@ -29,28 +31,9 @@ QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=
 
 
 def get_config() -> Config:
-    c = Config()
+    c = load_config(pathlib.Path(__file__).with_name("qwen2_5_1_5b_gsm8k.py"))  # the GSM8K recipe
     c.model.path = "models/Qwen3-0.6B"
     for key, value in QWEN3_0_6B.items():
         setattr(c.model, key, value)
-    c.model.dtype = "bfloat16"
-    c.model.scan_layers = True
-    c.model.remat = "full"
-    c.mesh.data, c.mesh.fsdp = 1, -1
-    c.task.name = "gsm8k"
-    c.task.data_path = "data/gsm8k"  # train.jsonl / test.jsonl of the GSM8K release (shared/data/gsm8k)
-    c.task.chat_template = True
-    c.task.eval_size = 500
-    c.rewards.weights["format"] = 0.1
-    c.grpo.group_size = 8
-    c.grpo.beta = 0.04
-    c.sampling.max_prompt_length = 256
     c.sampling.max_new_tokens = 1024
-    c.optim.learning_rate = 1e-6
-    c.optim.warmup_steps = 10
-    c.train.steps = 500
-    c.train.prompts_per_step = 16
-    c.train.eval_every = 50
-    c.train.eval_batch_size = 64
-    c.train.checkpoint_every = 50
     return c
