@@ -551,14 +551,21 @@ def hidden_states(config: ModelConfig, params: dict, tokens: jax.Array, *, atten
 
     def layer(x, p):
         return _block(config, p, x, positions, mask, None, None, attention_mask)[0]
-    if config.remat != "none":  # the backward recomputes what the policy does not keep
+    return _over_layers(config, layer, x, params["layers"])
+
+
+def _over_layers(config: ModelConfig, layer, carry, layers):
+    """carry through `layer(carry, layer_params)` for every layer, as config says: rematerialised
+    (config.remat: the backward recomputes what the policy does not keep), and unrolled (the CPU
+    default, see the module docstring) or under one lax.scan over `stack_layers` (config.scan_layers)."""
+    if config.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers)
     if not config.scan_layers:
-        for p in params["layers"]:  # unrolled (the CPU default): see the module docstring
-            x = layer(x, p)
-        return x
-    x, _ = jax.lax.scan(lambda x, p: (layer(x, p), None), x, stack_layers(config, params["layers"]))
-    return x
+        for p in layers:
+            carry = layer(carry, p)
+        return carry
+    carry, _ = jax.lax.scan(lambda c, p: (layer(c, p), None), carry, stack_layers(config, layers))
+    return carry
 
 
 def grouped_hidden_states(config: ModelConfig, params: dict, prompt_tokens: jax.Array, prompt_mask: jax.Array,
@@ -608,14 +615,7 @@ def grouped_hidden_states(config: ModelConfig, params: dict, prompt_tokens: jax.
     def layer(xs, lp):
         return _grouped_block(config, lp, *xs, prompt_positions, completion_positions, prompt_attn,
                               completion_attn, g)
-    if config.remat != "none":
-        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers)
-    if not config.scan_layers:
-        for lp in params["layers"]:
-            xs = layer(xs, lp)
-        return xs
-    xs, _ = jax.lax.scan(lambda xs, lp: (layer(xs, lp), None), xs, stack_layers(config, params["layers"]))
-    return xs
+    return _over_layers(config, layer, xs, params["layers"])
 
 
 def _grouped_block(config: ModelConfig, p: dict, xp, xc, prompt_positions, completion_positions, prompt_attn,
