@@ -75,9 +75,6 @@ IMPLS = ("cudnn", "splash", "dot_product_xla")
 SPLASH_LANES = 128  # the splash kernel's sequence tiles are multiples of this
 _SPLASH_BLOCKS = (512, 256, 128)  # preferred tile sizes, largest first
 _BATCH_AXES = ("data", "fsdp")  # the trainer's mesh axes that shard the batch (grpo_jax.sharding)
-# What the model passes as `interpret` (splash only): False compiles the TPU kernel. Tests of the model
-# with attention="splash" on CPU set it True (the Pallas interpreter).
-INTERPRET = False
 
 
 def attend(impl: str, q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array, *,

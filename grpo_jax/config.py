@@ -61,7 +61,8 @@ class ModelSection:
     # scan_layers runs the layers under one lax.scan (one compiled layer instead of num_layers: use
     # it for real models; the unrolled default is faster on CPU for small ones); remat is what each
     # layer keeps for the backward: none | full | dots | dots_with_batch (grpo_jax.model.REMAT_POLICIES);
-    # attention: xla (CPU and anywhere) | cudnn (NVIDIA flash attention) | splash (TPU Pallas kernel).
+    # attention: xla (CPU and anywhere) | cudnn (NVIDIA flash attention) | splash (TPU Pallas kernel) |
+    # splash_interpret (that kernel in the Pallas interpreter: slow, for checking it on CPU).
     scan_layers: bool = False
     remat: str = "none"
     attention: str = "xla"

@@ -106,7 +106,8 @@ REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable
 #   xla: ours (`_softmax_attention`, hand-written VJP; the fast one on CPU)
 #   cudnn: jax.nn.dot_product_attention's cuDNN flash attention (NVIDIA GPUs)
 #   splash: the Pallas splash-attention kernel (TPU)
-ATTENTION_IMPLS = ("xla", "cudnn", "splash")
+#   splash_interpret: the same kernel run by the Pallas interpreter (any backend, slow: tests on CPU)
+ATTENTION_IMPLS = ("xla", "cudnn", "splash", "splash_interpret")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,8 +464,9 @@ def _block(config: ModelConfig, p: dict, x, positions, mask, layer_cache, cache_
     q, k, v = _qkv(config, p, x, positions)
     if layer_cache is None and config.attention != "xla":  # an accelerator kernel (grpo_jax.attention)
         from grpo_jax import attention as attention_lib  # Pallas imports only when asked for
-        attn_out = attention_lib.attend(config.attention, q, k, v, attention_mask,
-                                        interpret=attention_lib.INTERPRET)
+        interpret = config.attention == "splash_interpret"  # the Pallas interpreter: CPU tests
+        attn_out = attention_lib.attend("splash" if interpret else config.attention, q, k, v, attention_mask,
+                                        interpret=interpret)
         return _mlp_residual(config, p, x + _linear(attn["o_proj"], attn_out, dtype, ls), dtype, ls), None
     v = v.transpose(0, 2, 1, 3)  # [B, L, KV, hd] -> [B, KV, L, hd]
     if layer_cache is None:

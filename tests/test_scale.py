@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from grpo_jax import attention, config as cfg_lib, model as model_lib, train_step as ts
+from grpo_jax import config as cfg_lib, model as model_lib, train_step as ts
 
 CONFIG = model_lib.ModelConfig(vocab_size=61, hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=2,
                                head_dim=8, intermediate_size=48, attention_bias=True)
@@ -85,10 +85,10 @@ def test_remat_full_lowers_the_temporaries():
     assert temp("full") < 0.6 * temp("none")
 
 
-def test_splash_attention_in_the_model_equals_ours(params, monkeypatch):
-    """model.attention="splash" (the Pallas kernel, run by its interpreter on CPU) gives our numbers."""
-    monkeypatch.setattr(attention, "INTERPRET", True)
-    splash = dataclasses.replace(CONFIG, attention="splash")
+def test_splash_attention_in_the_model_equals_ours(params):
+    """The splash kernel in the model (model.attention="splash_interpret": the Pallas interpreter, which
+    runs it on CPU) gives our numbers."""
+    splash = dataclasses.replace(CONFIG, attention="splash_interpret")
     got = model_lib.apply(splash, params, TOKENS, attention_mask=MASK)
     want = model_lib.apply(CONFIG, params, TOKENS, attention_mask=MASK)
     real = MASK.astype(bool)
