@@ -248,3 +248,25 @@ def test_sigkill_mid_save_keeps_previous_checkpoint(tmp_path, where):
         assert not [p for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name]
         assert ckpt.save(2, {"w": jnp.ones(1000), "big": jnp.ones((512, 512)), "key": jax.random.key(2)}, {"step": 2})
         assert ckpt.latest_step() == 2
+
+
+def test_leftover_tmp_dirs_are_gone_once_the_checkpointer_exists(tmp_path, monkeypatch):
+    """A killed run's `<step>.orbax-checkpoint-tmp*` dir is removed before the Checkpointer is returned,
+    not later by Orbax's background thread (made slow here so that the race always shows)."""
+    import time
+
+    from orbax.checkpoint._src.path import temporary_paths
+
+    original = temporary_paths.cleanup_temporary_paths
+
+    def slow_cleanup(*args, **kwargs):
+        time.sleep(0.5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(temporary_paths, "cleanup_temporary_paths", slow_cleanup)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {"w": jnp.arange(4.0)}, {"step": 1})
+    (tmp_path / "2.orbax-checkpoint-tmp-1234").mkdir()
+    with Checkpointer(tmp_path) as ckpt:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]
+        assert ckpt.latest_step() == 1
