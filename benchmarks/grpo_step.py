@@ -63,8 +63,12 @@ def prefix_text(chars: int) -> str:
     return (PREFIX_SENTENCE * (chars // len(PREFIX_SENTENCE) + 1))[:chars]
 
 
-def prompt_texts(rng: np.random.Generator, n: int, prefix: str = "") -> list[str]:
-    """Plain text prompts of varying length (left-padding is exercised), <= 26 characters after the prefix."""
+def prompt_texts(rng: np.random.Generator, n: int, prefix: str = "", style: str = "mixed") -> list[str]:
+    """Plain text prompts. "mixed": varying length (left-padding is exercised), <= 26 characters after the
+    prefix. "addition": the Tunix harness's "What is A+B? Answer:" with A, B in 0..99 (same shape, not
+    the same draws: ../shared/bench/tunix/workload.py uses Python's random)."""
+    if style == "addition":
+        return [f"{prefix}What is {rng.integers(0, 100)}+{rng.integers(0, 100)}? Answer:" for _ in range(n)]
     return [f"{prefix}Q: {rng.integers(0, 10**rng.integers(1, 6))}+{rng.integers(0, 1000)}=? A:" for _ in range(n)]
 
 
@@ -119,6 +123,9 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the per-step times and the RESULT fields to this file")
     parser.add_argument("--prompt-prefix", type=int, default=0,
                         help="characters of a shared instruction before every question (GSM8K-shaped: ~200)")
+    parser.add_argument("--prompt-style", choices=["mixed", "addition"], default="mixed",
+                        help="mixed: 'Q: A+B=? A:' of 1-5 and 1-3 digits; addition: the Tunix harness's "
+                             "'What is A+B? Answer:' with A, B in 0..99")
     parser.add_argument("--baseline", action="store_true",
                         help="the step before issue 17: prompts padded to --max-prompt-len, one prefill per "
                              "row, sampler log-probs, the update encoding each prompt G times")
@@ -162,7 +169,7 @@ def main(argv=None):
     rows = []
     for step in range(args.steps + 1):
         t0 = time.perf_counter()
-        ptok, pmask = tok_lib.encode_prompts(tokenizer, prompt_texts(rng, b, prefix), max_length=p)
+        ptok, pmask = tok_lib.encode_prompts(tokenizer, prompt_texts(rng, b, prefix, args.prompt_style), max_length=p)
         if not args.baseline:  # the trainer's length buckets (train.length_buckets)
             ptok, pmask = buckets.trim_prompts(ptok, pmask, maximum=p)
         widths.append(ptok.shape[1])

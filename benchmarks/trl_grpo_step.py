@@ -34,7 +34,9 @@ def prefix_text(chars):  # the same shared instruction as benchmarks/grpo_step.p
     return (PREFIX_SENTENCE * (chars // len(PREFIX_SENTENCE) + 1))[:chars]
 
 
-def prompt_texts(rng, n, prefix=""):  # the same generator as benchmarks/grpo_step.py
+def prompt_texts(rng, n, prefix="", style="mixed"):  # the same generator as benchmarks/grpo_step.py
+    if style == "addition":
+        return [f"{prefix}What is {rng.integers(0, 100)}+{rng.integers(0, 100)}? Answer:" for _ in range(n)]
     return [f"{prefix}Q: {rng.integers(0, 10**rng.integers(1, 6))}+{rng.integers(0, 1000)}=? A:" for _ in range(n)]
 
 
@@ -63,11 +65,14 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt-prefix", type=int, default=0, help="characters of a shared instruction")
+    parser.add_argument("--prompt-style", choices=["mixed", "addition"], default="mixed",
+                        help="as in benchmarks/grpo_step.py")
     args = parser.parse_args()
     b, g, t = args.prompts, args.group_size, args.max_new_tokens
 
     rng = np.random.default_rng(args.seed)
-    dataset = Dataset.from_dict({"prompt": prompt_texts(rng, b * (args.steps + 1), prefix_text(args.prompt_prefix))})
+    dataset = Dataset.from_dict({"prompt": prompt_texts(rng, b * (args.steps + 1), prefix_text(args.prompt_prefix),
+                                                          args.prompt_style)})
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as out:

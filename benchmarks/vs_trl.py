@@ -46,7 +46,13 @@ def parse_result(text: str) -> dict:
     lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
     if not lines:
         raise RuntimeError("no RESULT line in:\n" + text[-3000:])
-    return {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.eE+]+)", lines[-1])}
+    out = {}
+    for k, v in re.findall(r"(\w+)=(\S+)", lines[-1]):  # numeric fields only (Tunix's line has versions)
+        try:
+            out[k] = float(v)
+        except ValueError:
+            pass
+    return out
 
 
 def run(cmd, label) -> dict:
