@@ -25,7 +25,11 @@ Answer extraction (`extract_answer`), precisely:
    `\\boxed{...}` (balanced braces) if every `\\boxed` in the completion is well formed and they all
    hold the same text (at most `MAX_BOXED`); repeating one value is not hedging, two values are.
 3. Else (same styles): the rest of the line after "####" (GSM8K style), when "####" occurs exactly once.
-4. Else None. Answers longer than `MAX_ANSWER_CHARS` or blank are None (spraying / no answer).
+   Two or more "####" is None (for "final" too).
+4. Else, only for style "final" (a pretrained chat model's habit: the answer is the last number it
+   writes): the last number in the completion (`_last_number`: optional minus sign, thousands groups,
+   decimals), found with ten `str.rfind` calls and a regex over a window of `MAX_NUMBER_CHARS`.
+5. Else None. Answers longer than `MAX_ANSWER_CHARS` or blank are None (spraying / no answer).
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ import numpy as np
 
 from grpo_jax import ConfigError, import_path
 
-STYLES = ("reasoning", "think", "plain")  # answer styles: <reasoning>/<answer>, R1's <think>, \boxed{}
+# answer styles: <reasoning>/<answer>, R1's <think>, \boxed{}, and the final number of the text
+STYLES = ("reasoning", "think", "plain", "final")
 # Verifiers by name (config rewards.weights); users add theirs as "package.module:function".
 BUILTIN_REWARDS = ("correctness", "format", "overlong")
 # A final answer longer than this is not an answer (it is spraying); bounds all per-answer work.
@@ -127,10 +132,15 @@ def extract_answer(completion: str, *, style: str = "reasoning") -> str | None:
     elif "\\boxed" in completion:
         boxed = _boxed_contents(completion)
         answer = boxed[0] if boxed and len({b.strip() for b in boxed}) == 1 else None
-    elif completion.count("####") == 1:
+    elif "####" in completion:
+        if completion.count("####") != 1:
+            return None
         rest = completion[completion.find("####") + 4 :]
         newline = rest.find("\n")
         answer = rest if newline < 0 else rest[:newline]
+    elif style == "final":
+        found = _last_number(completion)
+        answer = None if found is None else found[0]
     else:
         answer = None
     if answer is None:
@@ -139,6 +149,33 @@ def extract_answer(completion: str, *, style: str = "reasoning") -> str | None:
     if not answer or len(answer) > MAX_ANSWER_CHARS:
         return None
     return answer
+
+
+# The longest number ending at the window's end: digits with optional thousands groups and decimals.
+_TRAILING_NUMBER_RE = re.compile(r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?$")
+# What may follow the final number of a "final"-style completion whose format is strict.
+_CLOSING_CHARS = " \t\n.!*)$"
+
+
+def _last_number(text: str) -> tuple[str, int] | None:
+    """(the last number written in `text`, the index just after it), or None.
+
+    A minus sign counts when it is not preceded by a digit or letter ("-5", "is -5", but "12-5" ends
+    with 5). Linear: ten `str.rfind` calls find the last digit; the regex sees a window of
+    MAX_NUMBER_CHARS + 1 characters. A number longer than that window (e.g. "9" * 10**6) is None."""
+    end = max(text.rfind(d) for d in "0123456789") + 1
+    if end == 0:
+        return None
+    start = max(0, end - MAX_NUMBER_CHARS - 1)
+    m = _TRAILING_NUMBER_RE.search(text, start, end)
+    if m is None:
+        return None
+    i = m.start()
+    if end - i > MAX_NUMBER_CHARS:
+        return None  # a number longer than any answer (it may run past the window): spraying
+    if i > 0 and text[i - 1] in "-\u2212" and (i == 1 or not text[i - 2].isalnum()):
+        i -= 1
+    return text[i:end], end
 
 
 # sign, integer part (plain digits or well-formed thousands groups), fraction digits. Optional "$"
@@ -210,10 +247,22 @@ def format_reward(completion: str, *, style: str = "reasoning") -> float:
         +0.5   an answer extractable (`extract_answer(style="think")`) from the text after `</think>`
                (the whole completion when there is no `</think>`)
     style="plain": 1.0 if `extract_answer(style="plain")` finds an answer, else 0.0.
+    style="final": 1.0 if the answer is marked (`<answer>`, `\\boxed{}` or "####") or the completion
+               ENDS with its final number (only whitespace and `.!*)$` after it: "... is 47.",
+               "**47**"), else 0.0. Correctness reads the last number anywhere; the format asks that the
+               model end on it, so a completion that trails off after its answer earns no format reward.
     """
     _check_style(style)
     if not isinstance(completion, str):
         return 0.0
+    if style == "final":
+        if extract_answer(completion, style="final") is None:
+            return 0.0
+        if "<answer" in completion or "\\boxed" in completion or "####" in completion:
+            return 1.0
+        found = _last_number(completion)
+        tail = completion[found[1] :]
+        return 1.0 if len(tail) <= MAX_ANSWER_CHARS and not tail.strip(_CLOSING_CHARS) else 0.0
     if style == "plain":
         return 1.0 if extract_answer(completion, style="plain") is not None else 0.0
     if style == "think":

@@ -2,6 +2,7 @@
 time limits and the weighted combination."""
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -146,7 +147,7 @@ def garbage():
     """2 MB adversarial completions."""
     rng = random.Random(0)
     return {
-        "random_bytes": os.urandom(2_000_000).decode("latin-1"),
+        "random_bytes": rng.randbytes(2_000_000).decode("latin-1"),
         "random_unicode": "".join(map(chr, rng.choices(range(0x20, 0x3000), k=2_000_000))),
         "repeated_answer_tags": "<answer>5</answer>" * 120_000,
         "repeated_open_tags": "<reasoning><answer>" * 110_000,
@@ -162,6 +163,13 @@ def test_two_megabyte_completions_score_zero(garbage):
     for name, completion in garbage.items():
         assert len(completion) >= 2_000_000, name
         for style in rewards.STYLES:
+            if style == "final" and name.startswith("random"):
+                # random text has a last number, and style "final" reads it: "5" scores, others do not
+                last = re.findall(r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?", completion)[-1]
+                expected = 1.0 if normalize_number(last) == "5" else 0.0
+                assert correctness(completion, "5", style=style) == expected, name
+                assert correctness(completion, last.replace(",", ""), style=style) == 1.0, name
+                continue
             assert correctness(completion, "5", style=style) == 0.0, (name, style)
             assert countdown_reward(completion, [1, 4], 5, style=style) == 0.0, (name, style)
             assert format_reward(completion, style=style) == 0.0, (name, style)
@@ -226,6 +234,49 @@ def test_format_reward_think_table(completion, expected):
 def test_format_reward_plain():
     assert format_reward("so \\boxed{5}", style="plain") == 1.0
     assert format_reward("so 5", style="plain") == 0.0
+
+
+# "final": the last number a pretrained chat model writes is its answer (issue 18)
+@pytest.mark.parametrize(
+    "completion, expected_answer, expected_format",
+    [
+        ("12 + 35 = 47. So the answer is 47.", "47", 1.0),
+        ("The answer is **47**", "47", 1.0),  # markdown bold closes the text
+        ("It is -5", "-5", 1.0),  # a free-standing minus sign belongs to the number
+        ("12-5", "5", 1.0),  # ... but not the operator of an expression
+        ("x\u22123", "3", 1.0),  # nor one after a letter
+        ("Total: 1,234.5", "1,234.5", 1.0),
+        ("1,234.5 apples in all", "1,234.5", 0.0),  # answer read; format asks to end on it
+        ("47 is it, because 4 + 3 = 7 and more words", "7", 0.0),  # the LAST number, not the first
+        ("so \\boxed{47} and 3 more", "47", 1.0),  # a box marks the answer: boxed wins
+        ("\\boxed{5} or \\boxed{6} 7", None, 0.0),  # two boxed values is a hedge, no fallback
+        ("<answer>9</answer> then 10", "9", 1.0),  # tags win
+        ("work\n#### 8\nbye 9", "8", 1.0),
+        ("#### 5\n#### 6 then 7", None, 0.0),  # two #### is broken, no fallback
+        ("no digits at all", None, 0.0),
+        ("a" + "9" * 101, None, 0.0),  # a number longer than MAX_NUMBER_CHARS is spraying
+        ("is 12,34", "34", 1.0),  # a malformed thousands group: the well-formed tail is the number
+    ],
+)
+def test_final_style_reads_the_last_number(completion, expected_answer, expected_format):
+    assert extract_answer(completion, style="final") == expected_answer
+    assert format_reward(completion, style="final") == expected_format
+    if expected_answer is not None:
+        assert correctness(completion, expected_answer.replace(",", ""), style="final") == 1.0
+
+
+def test_final_style_is_only_a_fallback_of_its_own_style():
+    # the other styles keep refusing an unmarked number
+    for style in ("reasoning", "think", "plain"):
+        assert extract_answer("So the answer is 47.", style=style) is None
+    assert correctness("So the answer is 47.", "47", style="final") == 1.0
+    assert correctness("So the answer is 46.", "47", style="final") == 0.0
+
+
+def test_final_style_finds_a_number_two_megabytes_from_the_end():
+    text = "7 " + "a" * 2_000_000  # found by str.rfind; the regex only sees a short window
+    assert extract_answer(text, style="final") == "7"
+    assert format_reward(text, style="final") == 0.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 - "reasoning": the GRPO seeds' format, `<reasoning>…</reasoning><answer>…</answer>`.
 - "think": DeepSeek-R1-Zero's template, `<think>…</think> <answer>…</answer>`.
 - "plain": free text ending in `\\boxed{answer}` (Qwen2.5-Math's CoT instruction).
+- "final": free text whose last number is the answer (how a pretrained chat model answers unprompted).
 
 `format_prompt` gives one string (for base models / no chat template); `format_messages` gives chat
 messages (instruction as the system message) for the tokenizer's chat template, applied elsewhere.
@@ -25,6 +26,7 @@ THINK_INSTRUCTION = (
     "<answer> answer here </answer>."
 )
 PLAIN_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+FINAL_INSTRUCTION = "Give the final answer as a number at the end."
 
 
 def _check_style(style: str) -> None:
@@ -33,11 +35,12 @@ def _check_style(style: str) -> None:
 
 
 def format_messages(question: str, *, style: str) -> list[dict[str, str]]:
-    """Chat messages: the style's instruction as system message (none for "plain", whose
+    """Chat messages: the style's instruction as system message (none for "plain" and "final", whose
     instruction follows the question in the user message, as Qwen2.5-Math does)."""
     _check_style(style)
-    if style == "plain":
-        return [{"role": "user", "content": f"{question}\n{PLAIN_INSTRUCTION}"}]
+    if style in ("plain", "final"):
+        instruction = PLAIN_INSTRUCTION if style == "plain" else FINAL_INSTRUCTION
+        return [{"role": "user", "content": f"{question}\n{instruction}"}]
     instruction = REASONING_INSTRUCTION if style == "reasoning" else THINK_INSTRUCTION
     return [{"role": "system", "content": instruction}, {"role": "user", "content": question}]
 
@@ -53,6 +56,8 @@ def format_prompt(question: str, *, style: str) -> str:
         return f"{THINK_INSTRUCTION} User: {question}\nAssistant:"
     if style == "plain":
         return f"{question}\n{PLAIN_INSTRUCTION}"
+    if style == "final":
+        return f"{question}\n{FINAL_INSTRUCTION}"
     return f"{REASONING_INSTRUCTION}\n\n{question}"
 
 
@@ -64,4 +69,6 @@ def format_target(reasoning: str, answer: str, *, style: str) -> str:
         return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{answer}\n</answer>"
     if style == "think":
         return f"<think>\n{reasoning}\n</think>\n<answer>\n{answer}\n</answer>"
+    if style == "final":
+        return f"{reasoning}\nThe answer is {answer}."
     return f"{reasoning}\nThe final answer is \\boxed{{{answer}}}."
