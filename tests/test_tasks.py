@@ -287,6 +287,9 @@ def test_prompts():
     ]
     assert [m["role"] for m in format_messages("Q", style="plain")] == ["user"]
     assert format_target("r", "5", style="plain") == "r\nThe final answer is \\boxed{5}."
+    assert format_prompt("Q", style="final") == "Q\nGive the final answer as a number at the end."
+    assert format_messages("Q", style="final") == [{"role": "user", "content": format_prompt("Q", style="final")}]
+    assert format_target("r", "5", style="final") == "r\nThe answer is 5."
     for fn in (lambda: format_prompt("Q", style="chat"), lambda: format_target("r", "a", style="x")):
         with pytest.raises(ValueError, match="style must be one of"):
             fn()
@@ -330,6 +333,33 @@ def test_training_and_held_out_problems_are_disjoint(name, request):
         training = [task.train_example(i) for i in range(20_000)]
     overlap = [e.prompt for e in training if tasks_lib.normalized_problem(e.prompt) in held_out]
     assert not overlap, overlap[:3]
+
+
+def test_arithmetic_eval_size_zero_is_the_whole_held_out_split_for_every_seed():
+    from grpo_jax import ConfigError
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import tasks as tasks_lib
+
+    def task(seed, **task_keys):
+        c = cfg_lib.Config()
+        c.task.name, c.task.eval_size, c.train.seed = "arithmetic", 0, seed
+        for k, v in task_keys.items():
+            setattr(c.task, k, v)
+        return tasks_lib.from_config(cfg_lib.validate(c))
+
+    a, b = task(0), task(1)
+    prompts_a = [e.prompt for e in a.eval_examples]
+    # every 2-digit pair (a, b), 10 <= a, b <= 99, whose unordered pair the split holds out: counted by hand
+    pool = {f"What is {x}+{y}?" for x in range(10, 100) for y in range(10, 100)
+            if arithmetic.in_eval_split(("arithmetic", 2, min(x, y), max(x, y)))}
+    assert sorted(prompts_a) == sorted(pool) and len(prompts_a) == len(set(prompts_a)) == 799
+    assert prompts_a == [e.prompt for e in b.eval_examples]  # the same problems, in the same order
+    assert prompts_a[:5] != sorted(prompts_a)[:5]  # a hash order: any prefix is a uniform sample
+    assert all(int(e.answer) == e.meta["a"] + e.meta["b"] for e in a.eval_examples)
+    assert not {a.train_example(i).prompt for i in range(5000)} & pool
+    assert [e.prompt for e in task(0, working="columns").eval_examples] == prompts_a
+    with pytest.raises(ConfigError, match="task.eval_size"):
+        task(0, num_digits=4)
 
 
 def test_math500_trains_on_math_minus_math500(shared_data):

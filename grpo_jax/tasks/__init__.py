@@ -124,8 +124,18 @@ def _read(config, split: str, reader: Callable) -> list:
 
 def _arithmetic(config) -> Task:
     t = config.task
-    return _generated_task(config, lambda seed, i, split="train": arithmetic.example(
-        seed, i, num_digits=t.num_digits, split=split, working=t.working))
+    example = lambda seed, i, split="train": arithmetic.example(  # noqa: E731
+        seed, i, num_digits=t.num_digits, split=split, working=t.working)
+    if t.eval_size:
+        return _generated_task(config, example)
+    # eval_size = 0: the whole held-out split, each problem once, the same for every seed
+    try:
+        pool = arithmetic.held_out_pool(num_digits=t.num_digits, working=t.working)
+    except ValueError as err:
+        raise ConfigError(f"config key `task.eval_size` = 0 (the whole held-out split): {err}") from None
+    evals, validation = _held_out_split(config, pool)
+    return Task(t.prompt_style, lambda i: example(config.train.seed, i), evals, validation, _prompt_fn(config),
+                _answer_match(config), None, config.train.seed)
 
 
 def _countdown(config) -> Task:

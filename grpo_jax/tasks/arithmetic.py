@@ -58,6 +58,36 @@ def example(
     )
 
 
+# The most problems `held_out_pool` enumerates: 2-digit operands give 799 per operator; 3-digit
+# ~81,000 (use a task.eval_size > 0 sample instead); 4-digit would be millions.
+MAX_POOL = 100_000
+
+
+def held_out_pool(*, num_digits: int = 2, ops: str = "+", working: str = "equation") -> list[Example]:
+    """Every distinct held-out problem (the "eval" split, whole), in an order fixed by a hash of the
+    problem alone: no seed, so runs with different training seeds report on the same problems, and
+    the first N are a uniform sample of the pool. `task.eval_size = 0` selects this for the task."""
+    low = 1 if num_digits == 1 else 10 ** (num_digits - 1)
+    size = (10**num_digits - low) ** 2 * len(ops) // 10
+    if size > MAX_POOL:
+        raise ValueError(f"the held-out pool of {num_digits}-digit problems has about {size} problems "
+                         f"(> {MAX_POOL}); sample it with task.eval_size > 0 instead")
+    problems = []
+    for op in ops:
+        for a in range(low, 10**num_digits):
+            for b in range(low, 10**num_digits):
+                if in_eval_split(("arithmetic", num_digits, min(a, b), max(a, b))):
+                    problems.append((stable_ints(("pool", num_digits, a, op, b), 1)[0], a, op, b))
+    out = []
+    for k, (_, a, op, b) in enumerate(sorted(problems)):
+        result = a + b if op == "+" else a - b if op == "-" else a * b
+        problem = f"{a}{op}{b}"
+        out.append(Example(prompt=f"What is {problem}?", answer=str(result), meta={
+            "id": f"arithmetic/pool/{num_digits}/{ops}/{k}", "a": a, "b": b, "op": op,
+            "reasoning": column_working(a, b) if working == "columns" else f"{problem}={result}"}))
+    return out
+
+
 def column_working(a: int, b: int) -> str:
     """Schoolbook addition as text, one line per column from the units up, the carry added
     explicitly: 47+39 -> "7+9=16\n4+3+1=8" (the answer 86 reads the last line's sum, then the
