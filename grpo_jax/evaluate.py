@@ -82,7 +82,9 @@ def majority_correct(completions, gold, *, style, score) -> float:
 def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prompt_length,
              max_new_tokens, put, pass_k=0, temperature=1.0, chat=False, system=None,
              eos_ids=None, weight_layout="replicated", length_buckets=False) -> dict:
-    """{"eval_accuracy": greedy pass@1, and with pass_k > 0: "eval_pass@k", "eval_maj@k"}.
+    """{"eval_accuracy": greedy pass@1, "eval_length": the greedy completions' mean length in tokens,
+    "eval_format": their mean format score (`rewards.format_reward` in the task's answer style; absent
+    for a style of a user's own), and with pass_k > 0: "eval_pass@k", "eval_maj@k"}.
 
     `eos_ids`: the ids that end a completion (an int or a tuple); None = `eos_token_ids(tokenizer)`
     (pass `eos_token_ids(tokenizer, model_path)` to add the model's generation_config.json ids).
@@ -96,9 +98,14 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
                   weight_layout=weight_layout, length_buckets=length_buckets)
     greedy = generate(model_config, params, tokenizer, prompts, key=key, temperature=0.0, **common)
 
+    style_known = task.style in rewards_lib.STYLES  # a user's task may name a style of its own
+
     def score():  # on process 0 only: every process must act on the same numbers (SFT early stop)
         correct = [task.correct(c, e) for c, e in zip(greedy, examples)]
-        out = {"eval_accuracy": float(np.mean(correct)), "eval_examples": len(examples)}
+        out = {"eval_accuracy": float(np.mean(correct)), "eval_examples": len(examples),
+               "eval_length": float(np.mean([len(tokenizer.encode(c, add_special_tokens=False)) for c in greedy]))}
+        if style_known:
+            out["eval_format"] = float(np.mean([rewards_lib.format_reward(c, style=task.style) for c in greedy]))
         if pass_k > 0:
             ok = np.array([task.correct(c, e) for c, e in zip(samples, [e for e in examples for _ in range(pass_k)])])
             out[f"eval_pass@{pass_k}"] = float(ok.reshape(len(examples), pass_k).max(axis=1).mean())
@@ -111,7 +118,8 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
         repeated = [p for p in prompts for _ in range(pass_k)]  # problem-major
         samples = generate(model_config, params, tokenizer, repeated, key=jax.random.fold_in(key, 1),
                            temperature=temperature, **common)
-    keys = ["eval_accuracy", "eval_examples"] + ([f"eval_pass@{pass_k}", f"eval_maj@{pass_k}"] if pass_k > 0 else [])
+    keys = (["eval_accuracy", "eval_examples", "eval_length"] + (["eval_format"] if style_known else [])
+            + ([f"eval_pass@{pass_k}", f"eval_maj@{pass_k}"] if pass_k > 0 else []))
     return on_process_zero(score, keys)
 
 

@@ -225,3 +225,25 @@ def test_majority_and_pass_at_k_hand_checked():
     assert majority_correct([ans(7), ans(5)], "7", style="reasoning", score=score) == 1.0
     assert majority_correct(["garbage", "5 or 6", ans(4)], "4", style="reasoning", score=score) == 1.0
     assert majority_correct(["garbage"], "4", style="reasoning", score=score) == 0.0
+
+
+def test_evaluate_reports_format_rate_and_length_of_the_greedy_completions(monkeypatch):
+    # Hand-checked: four greedy completions of "final"-style answers to golds 5, 7, 9, 11.
+    from grpo_jax import evaluate, rewards, tasks
+    from grpo_jax import tokenizer as tok_lib
+
+    completions = ["2+3=5", "it is 7 I think", "8", "the sum is 11."]
+    # correct: 5 yes, 7 yes (the last number), 8 != 9, 11 yes -> 3/4; format (ends on the number):
+    # yes, no ("I think" after it), yes, yes -> 3/4; length in characters = tokens here: 5+15+1+14
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: list(completions))
+    examples = [tasks.Example(prompt=f"q{i}", answer=str(g), meta={}) for i, g in enumerate([5, 7, 9, 11])]
+    task = tasks.Task("final", None, examples, [], lambda e: e.prompt,
+                      lambda c, e: rewards.correctness(c, e.answer, style="final"))
+    tok = tok_lib.char_tokenizer("0123456789+=. abcdefghijklmnopqrstuvwxyzI")
+    out = evaluate.evaluate(None, None, tok, task, key=None, batch_size=4, max_prompt_length=8,
+                            max_new_tokens=16, put=None, eos_ids=2)
+    assert out == {"eval_accuracy": 0.75, "eval_examples": 4, "eval_length": 35 / 4, "eval_format": 0.75}
+    # a task of a user's own style: no format rate (format_reward knows only the built-in styles)
+    out = evaluate.evaluate(None, None, tok, task._replace(style="mine"), key=None, batch_size=4,
+                            max_prompt_length=8, max_new_tokens=16, put=None, eos_ids=2)
+    assert "eval_format" not in out and out["eval_accuracy"] == 0.75
