@@ -360,6 +360,11 @@ def test_arithmetic_eval_size_zero_is_the_whole_held_out_split_for_every_seed():
     assert [e.prompt for e in task(0, working="columns").eval_examples] == prompts_a
     with pytest.raises(ConfigError, match="task.eval_size"):
         task(0, num_digits=4)
+    # the pool leaves nothing for SFT's validation: early stopping on it is refused, not skipped
+    c = cfg_lib.Config()
+    c.task.name, c.task.eval_size, c.sft.steps, c.sft.stop_accuracy = "arithmetic", 0, 10, 0.5
+    with pytest.raises(ConfigError, match="sft.stop_accuracy"):
+        tasks_lib.from_config(cfg_lib.validate(c))
 
 
 def test_math500_trains_on_math_minus_math500(shared_data):

@@ -129,6 +129,10 @@ def _arithmetic(config) -> Task:
     if t.eval_size:
         return _generated_task(config, example)
     # eval_size = 0: the whole held-out split, each problem once, the same for every seed
+    if config.sft.steps and config.sft.stop_accuracy:
+        raise ConfigError("config key `task.eval_size` = 0 reports on the whole held-out split of task "
+                          "'arithmetic', which leaves no validation problems for the SFT early stop "
+                          "(sft.stop_accuracy > 0): set task.eval_size > 0 or sft.stop_accuracy = 0")
     try:
         pool = arithmetic.held_out_pool(num_digits=t.num_digits, working=t.working)
     except ValueError as err:

@@ -28,14 +28,7 @@ def example(
     the working used as the SFT target: `working="equation"` gives the one line "12+35=47",
     `working="columns"` (addition only) the column sums units first, with the carry written out
     (`column_working`). The problem itself does not depend on `working`."""
-    if not isinstance(num_digits, int) or num_digits < 1:
-        raise ValueError(f"num_digits must be an int >= 1, got {num_digits!r}")
-    if not ops or any(op not in OPS for op in ops):
-        raise ValueError(f"ops must be a non-empty string of {OPS!r}, got {ops!r}")
-    if working not in WORKINGS:
-        raise ValueError(f"working must be one of {WORKINGS}, got {working!r}")
-    if working == "columns" and ops != "+":
-        raise ValueError(f"working='columns' is defined for addition only (ops='+'), got ops={ops!r}")
+    _check_settings(num_digits, ops, working)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if index < 0:
@@ -49,13 +42,26 @@ def example(
             break
     else:
         raise ValueError(f"no {split} problem found for {num_digits=} {ops=} after {_MAX_ATTEMPTS} draws")
+    return _problem(a, op, b, f"arithmetic/{split}/{seed}/{index}", working)
+
+
+def _check_settings(num_digits: int, ops: str, working: str) -> None:
+    if not isinstance(num_digits, int) or num_digits < 1:
+        raise ValueError(f"num_digits must be an int >= 1, got {num_digits!r}")
+    if not ops or any(op not in OPS for op in ops):
+        raise ValueError(f"ops must be a non-empty string of {OPS!r}, got {ops!r}")
+    if working not in WORKINGS:
+        raise ValueError(f"working must be one of {WORKINGS}, got {working!r}")
+    if working == "columns" and ops != "+":
+        raise ValueError(f"working='columns' is defined for addition only (ops='+'), got ops={ops!r}")
+
+
+def _problem(a: int, op: str, b: int, problem_id: str, working: str) -> Example:
     result = a + b if op == "+" else a - b if op == "-" else a * b
     problem = f"{a}{op}{b}"
-    return Example(
-        prompt=f"What is {problem}?",
-        answer=str(result),
-        meta={"id": f"arithmetic/{split}/{seed}/{index}", "a": a, "b": b, "op": op, "reasoning": column_working(a, b) if working == "columns" else f"{problem}={result}"},
-    )
+    reasoning = column_working(a, b) if working == "columns" else f"{problem}={result}"
+    return Example(prompt=f"What is {problem}?", answer=str(result),
+                   meta={"id": problem_id, "a": a, "b": b, "op": op, "reasoning": reasoning})
 
 
 # The most problems `held_out_pool` enumerates: 2-digit operands give 799 per operator; 3-digit
@@ -67,6 +73,7 @@ def held_out_pool(*, num_digits: int = 2, ops: str = "+", working: str = "equati
     """Every distinct held-out problem (the "eval" split, whole), in an order fixed by a hash of the
     problem alone: no seed, so runs with different training seeds report on the same problems, and
     the first N are a uniform sample of the pool. `task.eval_size = 0` selects this for the task."""
+    _check_settings(num_digits, ops, working)
     low = 1 if num_digits == 1 else 10 ** (num_digits - 1)
     size = (10**num_digits - low) ** 2 * len(ops) // 10
     if size > MAX_POOL:
@@ -78,14 +85,8 @@ def held_out_pool(*, num_digits: int = 2, ops: str = "+", working: str = "equati
             for b in range(low, 10**num_digits):
                 if in_eval_split(("arithmetic", num_digits, min(a, b), max(a, b))):
                     problems.append((stable_ints(("pool", num_digits, a, op, b), 1)[0], a, op, b))
-    out = []
-    for k, (_, a, op, b) in enumerate(sorted(problems)):
-        result = a + b if op == "+" else a - b if op == "-" else a * b
-        problem = f"{a}{op}{b}"
-        out.append(Example(prompt=f"What is {problem}?", answer=str(result), meta={
-            "id": f"arithmetic/pool/{num_digits}/{ops}/{k}", "a": a, "b": b, "op": op,
-            "reasoning": column_working(a, b) if working == "columns" else f"{problem}={result}"}))
-    return out
+    return [_problem(a, op, b, f"arithmetic/pool/{num_digits}/{ops}/{k}", working)
+            for k, (_, a, op, b) in enumerate(sorted(problems))]
 
 
 def column_working(a: int, b: int) -> str:
