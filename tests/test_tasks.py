@@ -410,3 +410,95 @@ def test_records_task_reads_any_math_style_file(tmp_path):
     task = tasks_lib.from_config(cfg_lib.validate(c))
     assert len(task.train_records) == 30 and [e.answer for e in task.eval_examples] == [str(a) for a in range(30, 40)]
     assert task.correct("<reasoning>x</reasoning><answer>31</answer>", task.eval_examples[1]) == 1.0
+
+
+# --------------------------------------------------------------------------- held-out sets (issue 23.2)
+
+import pathlib  # noqa: E402
+
+from grpo_jax import ConfigError  # noqa: E402
+
+
+def _task_for(path, *overrides):
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import tasks as tasks_lib
+
+    return tasks_lib.from_config(cfg_lib.validate(cfg_lib.load_config(str(path), list(overrides))))
+
+
+def _prompts(examples):
+    from grpo_jax import tasks as tasks_lib
+
+    return [tasks_lib.normalized_problem(e.prompt) for e in examples]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_quickstart_held_out_sets_have_no_repeats_and_do_not_overlap(seed):
+    # Drawn with replacement, the quick start's 512 eval rows held 378 distinct problems and 128 of
+    # its 256 validation rows were eval problems: accuracy counted problems twice, and the SFT early
+    # stop watched the very problems it was then reported on.
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    task = _task_for(repo / "experiments" / "quickstart.py", f"train.seed={seed}")
+    evals, validation = _prompts(task.eval_examples), _prompts(task.validation_examples)
+    assert len(evals) == len(set(evals)) == 512
+    assert len(validation) == len(set(validation)) == 256
+    assert not set(evals) & set(validation)
+    assert not set(evals + validation) & set(_prompts(task.train_example(i) for i in range(5000)))
+    # the same held-out problems for every seed: accuracies of two seeds are paired
+    other = _task_for(repo / "experiments" / "quickstart.py", f"train.seed={1 - seed}")
+    assert _prompts(other.eval_examples) == evals
+
+
+def test_countdown_held_out_sets_are_distinct_problems():
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import tasks as tasks_lib
+
+    c = cfg_lib.apply_overrides(cfg_lib.Config(), ["task.name=countdown", "task.eval_size=300",
+                                                   "sft.validation_size=200"])
+    task = tasks_lib.from_config(cfg_lib.validate(c))
+    ident = [(tuple(sorted(e.meta["numbers"])), e.meta["target"]) for e in task.eval_examples + task.validation_examples]
+    assert len(task.eval_examples) == 300 and len(task.validation_examples) == 200
+    assert len(set(ident)) == 500
+
+
+def test_dataset_held_out_repeats_are_counted_once(tmp_path):
+    import json
+
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import tasks as tasks_lib
+
+    rows = [{"question": f"Ann has {a} pens.", "answer": str(a)} for a in range(40)]
+    held = rows[30:] + [{"question": "ann  HAS 31 pens.", "answer": "31"}]  # the same problem again
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    c = cfg_lib.apply_overrides(cfg_lib.Config(), ["task.name=records", f"task.data_path={tmp_path}",
+                                                   "task.eval_size=4", "sft.validation_size=100"])
+    task = tasks_lib.from_config(cfg_lib.validate(c))
+    assert [e.answer for e in task.eval_examples] == ["30", "31", "32", "33"]
+    assert [e.answer for e in task.validation_examples] == [str(a) for a in range(34, 40)]
+    # an SFT early stop that would watch fewer validation problems than asked is refused
+    stop = cfg_lib.apply_overrides(c, ["sft.steps=10", "sft.eval_every=5", "sft.stop_accuracy=0.5"])
+    with pytest.raises(ConfigError, match="sft.validation_size"):
+        tasks_lib.from_config(cfg_lib.validate(stop))
+
+
+def test_a_users_task_with_repeated_or_overlapping_held_out_problems_is_refused(tmp_path, monkeypatch):
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import tasks as tasks_lib
+    from grpo_jax.tasks import Example
+
+    module = tmp_path / "bad_task_module.py"
+    module.write_text(
+        "from grpo_jax import tasks\n"
+        "from grpo_jax.tasks import Example\n"
+        "def repeats(config):\n"
+        "    t = tasks.records_task(config, [Example('What is 1+1?', '2', {})], [Example('What is 2+2?', '4', {})])\n"
+        "    return t._replace(eval_examples=t.eval_examples * 2)\n"
+        "def overlap(config):\n"
+        "    t = tasks.records_task(config, [Example('What is 1+1?', '2', {})], [Example('What is 2+2?', '4', {})])\n"
+        "    return t._replace(validation_examples=t.eval_examples)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, match in (("repeats", "repeat"), ("overlap", "overlap")):
+        c = cfg_lib.apply_overrides(cfg_lib.Config(), [f"task.name=bad_task_module:{name}"])
+        with pytest.raises(ConfigError, match=match):
+            tasks_lib.from_config(cfg_lib.validate(c))

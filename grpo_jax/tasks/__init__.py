@@ -72,15 +72,40 @@ def _answer_match(config) -> Callable[[str, Example], float]:
 
 
 def _held_out_split(config, held_out: list) -> tuple[list, list]:
-    # The first eval_size held-out problems are reported; the next validation_size steer SFT.
-    size = config.task.eval_size or len(held_out)
-    return held_out[:size], held_out[size: size + config.sft.validation_size]
+    """(eval, validation) from a held-out list of DISTINCT problems: the first `task.eval_size`
+    (0, or more than there are: all of them; the metrics' `eval_examples` says how many) are reported,
+    the next `sft.validation_size` steer the SFT early stop. Disjoint by construction; too few left
+    for an SFT early stop is an error naming the keys."""
+    t, sft = config.task, config.sft
+    size = min(t.eval_size or len(held_out), len(held_out))
+    evals, validation = held_out[:size], held_out[size: size + sft.validation_size]
+    if sft.steps and sft.stop_accuracy and len(validation) < sft.validation_size:
+        raise ConfigError(
+            f"config keys `task.eval_size` = {t.eval_size} and `sft.validation_size` = "
+            f"{sft.validation_size}: the SFT early stop (sft.stop_accuracy > 0) needs that many "
+            f"validation problems beside the {len(evals)} reported ones, but task {t.name!r} has "
+            f"only {len(validation)} left of {len(held_out)} distinct held-out problems")
+    return evals, validation
+
+
+def distinct(examples: list, identity: Callable[[Example], Any] | None = None) -> list:
+    """`examples` without repeats (first occurrence kept, order kept); `identity` (default: the
+    normalised problem text) says when two examples are the same problem."""
+    identity = identity or (lambda e: normalized_problem(e.prompt))
+    seen, out = set(), []
+    for e in examples:
+        key = identity(e)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
 
 
 def records_task(config, train: list, held_out: list, *, correct=None) -> Task:
     """A Task over lists of Examples: training problems whose normalised text is also held out are
-    dropped; the held-out list is cut into eval (`task.eval_size`) and validation
-    (`sft.validation_size`). `correct` defaults to answer matching in `task.prompt_style`."""
+    dropped; the held-out list, without repeats, is cut into eval (`task.eval_size`) and validation
+    (`sft.validation_size`), disjoint. `correct` defaults to answer matching in `task.prompt_style`."""
+    held_out = distinct(held_out)  # a data set may list a problem twice: it would count twice
     seen = {normalized_problem(e.prompt) for e in held_out}
     train = [e for e in train if normalized_problem(e.prompt) not in seen]
     if not train:
@@ -91,13 +116,33 @@ def records_task(config, train: list, held_out: list, *, correct=None) -> Task:
                 _prompt_fn(config), correct or _answer_match(config), train, config.train.seed)
 
 
-def _generated_task(config, example: Callable, correct=None) -> Task:
-    """A task whose problems are a pure function `example(seed, index, split=...)`."""
+# Draws tried per distinct held-out problem wanted before a generated pool counts as exhausted.
+_DRAWS_PER_PROBLEM = 20
+
+
+def _generated_task(config, example: Callable, correct=None, identity=None) -> Task:
+    """A task whose problems are a pure function `example(seed, index, split=...)`. The held-out
+    problems are drawn WITHOUT replacement (repeats skipped, `identity` says which are the same) from
+    the "eval" split with seed 0, so every `train.seed` reports on the same problems (paired
+    comparisons across seeds); eval and validation are disjoint, and training never draws from that
+    split."""
     t, seed = config.task, config.train.seed
-    held_out = [example(seed, i, split="eval") for i in range(t.eval_size + config.sft.validation_size)]
-    evals, validation = _held_out_split(config, held_out)
-    return Task(t.prompt_style, lambda i: example(seed, i), evals, validation, _prompt_fn(config),
-                correct or _answer_match(config), None, seed)
+    if not t.eval_size:
+        raise ConfigError(f"config key `task.eval_size` = 0 (the whole held-out split) needs a task whose "
+                          f"held-out split can be listed; task {t.name!r} generates problems: set "
+                          f"task.eval_size > 0")
+    wanted = t.eval_size + config.sft.validation_size
+    identity = identity or (lambda e: normalized_problem(e.prompt))
+    held_out, seen = [], set()
+    for index in range(_DRAWS_PER_PROBLEM * wanted):
+        if len(held_out) == wanted:
+            break
+        e = example(0, index, split="eval")
+        if identity(e) not in seen:
+            seen.add(identity(e))
+            held_out.append(e)
+    return Task(t.prompt_style, lambda i: example(seed, i), *_held_out_split(config, held_out),
+                _prompt_fn(config), correct or _answer_match(config), None, seed)
 
 
 def _data_path(config, key: str = "data_path") -> pathlib.Path:
@@ -126,27 +171,22 @@ def _arithmetic(config) -> Task:
     t = config.task
     example = lambda seed, i, split="train": arithmetic.example(  # noqa: E731
         seed, i, num_digits=t.num_digits, split=split, working=t.working)
-    if t.eval_size:
-        return _generated_task(config, example)
-    # eval_size = 0: the whole held-out split, each problem once, the same for every seed
-    if config.sft.steps and config.sft.stop_accuracy:
-        raise ConfigError("config key `task.eval_size` = 0 reports on the whole held-out split of task "
-                          "'arithmetic', which leaves no validation problems for the SFT early stop "
-                          "(sft.stop_accuracy > 0): set task.eval_size > 0 or sft.stop_accuracy = 0")
-    try:
+    try:  # every distinct held-out problem, in a fixed order (the same for every seed)
         pool = arithmetic.held_out_pool(num_digits=t.num_digits, working=t.working)
-    except ValueError as err:
-        raise ConfigError(f"config key `task.eval_size` = 0 (the whole held-out split): {err}") from None
-    evals, validation = _held_out_split(config, pool)
-    return Task(t.prompt_style, lambda i: example(config.train.seed, i), evals, validation, _prompt_fn(config),
-                _answer_match(config), None, config.train.seed)
+    except ValueError as err:  # too many to enumerate (4+ digits): distinct random draws instead
+        if not t.eval_size:
+            raise ConfigError(f"config key `task.eval_size` = 0 (the whole held-out split): {err}") from None
+        return _generated_task(config, example)
+    return Task(t.prompt_style, lambda i: example(config.train.seed, i), *_held_out_split(config, pool),
+                _prompt_fn(config), _answer_match(config), None, config.train.seed)
 
 
 def _countdown(config) -> Task:
     t, style = config.task, config.task.prompt_style
     return _generated_task(
         config, lambda seed, i, split="train": countdown.example(seed, i, num_numbers=t.num_numbers, split=split),
-        correct=lambda c, e: rewards_lib.countdown_reward(c, e.meta["numbers"], e.meta["target"], style=style))
+        correct=lambda c, e: rewards_lib.countdown_reward(c, e.meta["numbers"], e.meta["target"], style=style),
+        identity=lambda e: (tuple(sorted(e.meta["numbers"])), e.meta["target"]))  # the split's own identity
 
 
 def _gsm8k(config) -> Task:
@@ -193,7 +233,23 @@ def from_config(config) -> Task:
     if not isinstance(task, Task):
         raise ConfigError(f"config key `task.name` = {name!r} returned {type(task).__name__}, "
                           f"expected grpo_jax.tasks.Task (build one with grpo_jax.tasks.records_task)")
+    _check_held_out(name, task)
     return task
+
+
+def _check_held_out(name: str, task: Task) -> None:
+    """Held-out sets that would count a problem twice, or report on problems that steer SFT or that
+    training sees, give wrong accuracies with no error: refuse them (a user's task included)."""
+    key = lambda e: normalized_problem(e.prompt)  # noqa: E731
+    for what, examples in (("eval_examples", task.eval_examples), ("validation_examples", task.validation_examples)):
+        if len({key(e) for e in examples}) < len(examples):
+            raise ConfigError(f"config key `task.name` = {name!r}: its {what} repeat problems "
+                              f"(build them with grpo_jax.tasks.distinct)")
+    evals = {key(e) for e in task.eval_examples}
+    if any(key(e) in evals for e in task.validation_examples):
+        raise ConfigError(f"config key `task.name` = {name!r}: its validation_examples overlap its eval_examples")
+    if task.train_records is not None and any(key(e) in evals for e in task.train_records):
+        raise ConfigError(f"config key `task.name` = {name!r}: training problems overlap its eval_examples")
 
 
 def fit_prompts(task: Task, tokenizer, config) -> tuple[Task, dict]:
