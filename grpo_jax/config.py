@@ -154,6 +154,12 @@ class GRPOSection:
     dynamic_sampling: bool = False
     dynamic_sampling_factor: float = 2.0
     dynamic_sampling_max_rounds: int = 3
+    # What "signal" means for the filter (and for the logged zero_std_fraction): a group is kept when
+    # this differs within it. "correctness" (DAPO; verl's filter_groups.metric=acc): a group all right
+    # or all wrong is dropped even when a shaping term (format, overlong, your own) differs, which with
+    # grpo.scale_rewards=group would otherwise blow a tiny difference up to full-size advantages.
+    # "reward": the total weighted reward. Any other name of rewards.weights: that reward alone.
+    dynamic_sampling_metric: str = "correctness"
 
 
 @dataclasses.dataclass(slots=True)
@@ -176,6 +182,10 @@ class OptimSection:
     learning_rate: float = 1e-6
     schedule: str = "constant"
     warmup_steps: int = 0
+    # GRPO steps the cosine schedule spans (its horizon); 0 = train.steps of the run's FIRST launch.
+    # The trainer records it in the workdir's config.json, so resuming with a larger train.steps
+    # keeps the curve (and refuses steps past its end, which would train at learning rate 0).
+    schedule_steps: int = 0
     b1: float = 0.9
     b2: float = 0.99
     weight_decay: float = 0.0
@@ -503,6 +513,10 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(g.dynamic_sampling_factor >= 1, "grpo.dynamic_sampling_factor", g.dynamic_sampling_factor, ">= 1")
     _check(g.dynamic_sampling_max_rounds >= 1, "grpo.dynamic_sampling_max_rounds",
            g.dynamic_sampling_max_rounds, ">= 1")
+    weighted = [n for n, w in r.weights.items() if w > 0]
+    _check(not g.dynamic_sampling or g.dynamic_sampling_metric in ["reward", *weighted],
+           "grpo.dynamic_sampling_metric", g.dynamic_sampling_metric,
+           f"'reward' or the name of a reward with a positive weight in rewards.weights ({', '.join(weighted)})")
     _check(s.temperature > 0 or tr.steps == 0, "sampling.temperature", s.temperature,
            "> 0 for GRPO: at 0 (greedy) every completion of a group is the same, every advantage is 0 "
            "and nothing is learnt (evaluation is greedy whatever this is)")
@@ -515,6 +529,11 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
     _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {SCHEDULES}")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
+    _check(o.schedule_steps >= 0, "optim.schedule_steps", o.schedule_steps, ">= 0 (0 = train.steps)")
+    _check(o.schedule != "cosine" or tr.steps <= (o.schedule_steps or tr.steps), "train.steps", tr.steps,
+           f"<= optim.schedule_steps = {o.schedule_steps} with optim.schedule=cosine: the steps past the "
+           f"schedule's end would train at learning rate 0 (a run resumed with more train.steps keeps its "
+           f"first launch's horizon; use a new workdir for a longer schedule)")
     _check(0 <= o.b1 < 1, "optim.b1", o.b1, "in [0, 1)")
     _check(0 <= o.b2 < 1, "optim.b2", o.b2, "in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")

@@ -80,7 +80,7 @@ def majority_correct(completions, gold, *, style, score) -> float:
 
 
 def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prompt_length,
-             max_new_tokens, put, pass_k=0, temperature=1.0, chat=False, system=None,
+             max_new_tokens, put, pass_k=0, temperature=1.0, top_k=0, top_p=1.0, chat=False, system=None,
              eos_ids=None, weight_layout="replicated", length_buckets=False) -> dict:
     """{"eval_accuracy": greedy pass@1, "eval_length": the greedy completions' mean length in tokens,
     "eval_format": their mean format score (`rewards.format_reward` in the task's answer style; absent
@@ -89,6 +89,8 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
     `eos_ids`: the ids that end a completion (an int or a tuple); None = `eos_token_ids(tokenizer)`
     (pass `eos_token_ids(tokenizer, model_path)` to add the model's generation_config.json ids).
     `weight_layout`: the sampler's (config key sampling.weight_layout); `length_buckets`: `generate`'s.
+    The pass@k / maj@k samples are drawn as training draws them: `temperature`, `top_k`, `top_p`
+    (the config's sampling section); the greedy pass@1 ignores all three.
     """
     examples = task.eval_examples
     prompts = [task.prompt(e) for e in examples]
@@ -117,7 +119,7 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
     if pass_k > 0:
         repeated = [p for p in prompts for _ in range(pass_k)]  # problem-major
         samples = generate(model_config, params, tokenizer, repeated, key=jax.random.fold_in(key, 1),
-                           temperature=temperature, **common)
+                           temperature=temperature, top_k=top_k, top_p=top_p, **common)
     keys = (["eval_accuracy", "eval_examples", "eval_length"] + (["eval_format"] if style_known else [])
             + ([f"eval_pass@{pass_k}", f"eval_maj@{pass_k}"] if pass_k > 0 else []))
     return on_process_zero(score, keys)
@@ -145,6 +147,7 @@ def main(argv=None) -> int:
                        max_prompt_length=setup.config.sampling.max_prompt_length,
                        max_new_tokens=setup.config.sampling.max_new_tokens, put=setup.put,
                        pass_k=setup.config.train.pass_k, temperature=setup.config.sampling.temperature,
+                       top_k=setup.config.sampling.top_k, top_p=setup.config.sampling.top_p,
                        chat=setup.config.task.chat_template, system=setup.config.task.system_prompt,
                        eos_ids=setup.eos_ids, weight_layout=setup.config.sampling.weight_layout,
                        length_buckets=setup.config.train.length_buckets)

@@ -19,6 +19,14 @@ and loss = -aggregate(o). The switches and the papers they reproduce:
 Dr. GRPO points out); "bnpo" weighs every token equally within the batch; "dr_grpo" divides by a
 constant, so the gradient scale no longer depends on the batch's lengths at all.
 
+Which rows count (`row_mask`): N above is the number of rows that carry a loss. Rows outside
+`row_mask` (DAPO dynamic sampling's static-shape fill rows: no group with signal was found for
+them) count nowhere, so a short batch updates as much per kept group as a full one. A row that is in
+`row_mask` but whose tokens are all masked (a truncated completion under
+`grpo.mask_truncated_completions`) still counts in the "grpo" and "dr_grpo" row counts, with
+objective 0: TRL's convention (its `mask_truncated_completions` zeroes the completion mask, and its
+"grpo" mean and "dr_grpo" divisor still run over every row).
+
 At mu = 1 (one update per sample) old_logps equal logps in value, rho = 1, nothing is clipped and
 the surrogate's gradient is the policy gradient A * grad logp.
 """
@@ -74,12 +82,14 @@ def _check_loss_inputs(logps, old_logps, ref_logps, advantages, mask):
 
 
 def grpo_loss(logps, old_logps, ref_logps, advantages, mask, *, epsilon=0.2, epsilon_high=None,
-              beta=0.04, loss_type="grpo", importance_level="token", max_completion_length=None):
+              beta=0.04, loss_type="grpo", importance_level="token", max_completion_length=None,
+              row_mask=None):
     """Clipped-surrogate + k3 KL loss -> (scalar loss, dict of scalar metrics).
 
     logps, old_logps, ref_logps: f32[N, T] (ref_logps None: no KL term); advantages f32[N];
     mask [N, T], 1 on completion tokens. epsilon, epsilon_high, beta may be traced scalars;
-    loss_type and importance_level are static.
+    loss_type and importance_level are static. `row_mask` f32[N] (None: every row): the rows that
+    carry a loss; the others count in no sum and no denominator (module docstring).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -88,6 +98,10 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, *, epsilon=0.2, eps
     _check_loss_inputs(logps, old_logps, ref_logps, advantages, mask)
     n, t = logps.shape
     mask = mask.astype(jnp.float32)
+    if row_mask is not None:
+        chex.assert_shape(row_mask, (n,), custom_message=f"grpo_loss: row_mask must be [N] with N = {n}")
+        row_mask = row_mask.astype(jnp.float32)
+        mask = mask * row_mask[:, None]  # a row outside counts in no token sum either
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     advantages = advantages.astype(jnp.float32)[:, None]  # [N, 1], broadcast over tokens
     row_tokens = jnp.maximum(mask.sum(axis=1), 1.0)  # [N]; an all-masked row divides by 1, not 0
@@ -105,13 +119,17 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, *, epsilon=0.2, eps
         kl = k3_kl(logps, ref_logps)
         objective = objective - beta * kl
 
+    # Rows that count in the "grpo" / "dr_grpo" row count: all N, or those in row_mask (at least 1,
+    # so a chunk holding only fill rows gives 0, not NaN).
+    rows = n if row_mask is None else jnp.maximum(row_mask.sum(), 1.0)
     if loss_type == "grpo":
-        aggregate = ((objective * mask).sum(axis=1) / row_tokens).mean()
+        row_means = (objective * mask).sum(axis=1) / row_tokens  # [N]; 0 on rows outside row_mask
+        aggregate = row_means.mean() if row_mask is None else row_means.sum() / rows
     elif loss_type == "bnpo":
         aggregate = _masked_mean(objective, mask)
     else:  # dr_grpo
         length = t if max_completion_length is None else max_completion_length
-        aggregate = (objective * mask).sum() / (n * length)
+        aggregate = (objective * mask).sum() / (rows * length)
     loss = -aggregate
 
     # Clipping changed the objective exactly where the min picked the clipped term and it differs:

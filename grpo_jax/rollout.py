@@ -6,7 +6,8 @@
                host, a verifier's wall-clock limit could let two hosts disagree, and the sharded
                update would silently mix their advantages
     collect    the step's batch: prompts [step*B, (step+1)*B) of the data order, or with
-               `grpo.dynamic_sampling` rounds of over-sampling until B groups with signal are kept
+               `grpo.dynamic_sampling` rounds of over-sampling until B groups with signal (by
+               `grpo.dynamic_sampling_metric`: accuracy by default) are kept
                (static shapes: a short batch is filled with rows marked invalid)
     update_inputs  advantages (over the valid rows), the loss mask (`grpo.mask_truncated_completions`)
 
@@ -108,15 +109,34 @@ def generate(s: Setup, params, examples, key) -> Generation:
                       components, stats, completions)
 
 
+def signal_values(c, gen: Generation) -> np.ndarray:
+    """f32[N]: what `grpo.dynamic_sampling_metric` says a group's signal is measured on: the total
+    reward ("reward") or one reward's unweighted values (default "correctness": accuracy, as DAPO and
+    verl filter). Falls back to the total reward when that reward is not computed (not weighted; only
+    possible without dynamic sampling, which validation checks)."""
+    name = c.grpo.dynamic_sampling_metric
+    if name == "reward":
+        return gen.rewards
+    return gen.components.get(rewards_lib.metric_name(name), gen.rewards)
+
+
+def tied_groups(values: np.ndarray, group_size: int) -> np.ndarray:
+    """bool[B]: the groups whose `values` (f32[B*G], group-major) are all equal: no signal."""
+    grouped = values.reshape(-1, group_size)
+    return grouped.max(axis=1) == grouped.min(axis=1)
+
+
 def collect(s: Setup, params, step: int, train_key) -> tuple[Generation, np.ndarray, dict]:
     """Step `step`'s batch of B groups: (Generation, row_valid f32[N], metrics).
 
     Plain GRPO: prompts [step*B, (step+1)*B) of the data order, one sampler call, every row valid.
     DAPO dynamic sampling (`grpo.dynamic_sampling`): round r samples B' = ceil(B * factor) prompts
     (indices (step*R + r)*B' .., R = max rounds, so a step's data stays a pure function of the step
-    and resume is exact), keeps the groups whose rewards are not all equal, in order, until B are
-    kept. After R rounds a batch still short is filled with copies of a sampled group whose rows are
-    marked invalid (row_valid 0: no advantage, no loss), so every shape stays static.
+    and resume is exact), keeps the groups whose `grpo.dynamic_sampling_metric` (default:
+    correctness, as DAPO and verl filter) is not all equal, in order, until B are kept. After R rounds
+    a batch still short is filled with copies of a sampled group whose rows are marked invalid
+    (row_valid 0: no advantage, no loss, and no place in any loss denominator), so every shape stays
+    static.
     """
     c = s.config
     b, G, g = c.train.prompts_per_step, c.grpo.group_size, c.grpo
@@ -131,8 +151,7 @@ def collect(s: Setup, params, step: int, train_key) -> tuple[Generation, np.ndar
         examples = [s.task.train_example(start + i) for i in range(per_round)]
         gen = generate(s, params, examples, jax.random.fold_in(jax.random.fold_in(train_key, step), r))
         sampled.append(gen)
-        grouped = gen.rewards.reshape(per_round, G)
-        signal = grouped.max(axis=1) != grouped.min(axis=1)
+        signal = ~tied_groups(signal_values(c, gen), G)  # accuracy differs, not just shaping terms
         kept += [(gen, i) for i in np.flatnonzero(signal)]
         if len(kept) >= b:
             break
@@ -155,8 +174,8 @@ def collect(s: Setup, params, step: int, train_key) -> tuple[Generation, np.ndar
         sum(([x.completions[i * G:(i + 1) * G] for x, i in kept + filler]), []))
     total = sum(len(x.examples) for x in sampled)
     metrics = {"dynamic_rounds": float(len(sampled)),
-               "dynamic_kept_fraction": float(np.mean(np.concatenate(
-                   [x.rewards.reshape(-1, G).max(1) != x.rewards.reshape(-1, G).min(1) for x in sampled]))),
+               "dynamic_kept_fraction": float(np.mean(np.concatenate(  # groups with a signal
+                   [~tied_groups(signal_values(c, x), G) for x in sampled]))),
                "dynamic_filled_fraction": len(kept) / b,
                "dynamic_extra_samples": float((total - b) * G),
                # What the policy scored on everything it sampled (the batch itself is filtered).

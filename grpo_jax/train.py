@@ -48,7 +48,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: cfg_lib.Config) -> None
     path = workdir / "config.json"
     if not path.exists():
         return
-    old = cfg_lib.to_dict(cfg_lib.from_dict(json.loads(path.read_text())))
+    old = cfg_lib.to_dict(_with_schedule_horizon(cfg_lib.from_dict(json.loads(path.read_text())), None))
     new = cfg_lib.to_dict(config)
     free = {"train.steps", "train.log_every", "train.eval_every", "train.samples_every",
             "train.checkpoint_every", "train.pass_k", "train.eval_batch_size", "task.eval_size"}
@@ -58,10 +58,27 @@ def _check_workdir_config(workdir: pathlib.Path, config: cfg_lib.Config) -> None
                                   f"(keys {', '.join(diff)}); use a new --workdir")
 
 
+def _with_schedule_horizon(config: cfg_lib.Config, workdir: pathlib.Path | None) -> cfg_lib.Config:
+    """`optim.schedule_steps` resolved: when 0, the horizon of the run already in `workdir` (its
+    config.json), else this launch's train.steps. A resume with a larger train.steps then keeps the
+    learning-rate curve of the first launch instead of stretching it mid-run."""
+    if config.optim.schedule_steps:
+        return config
+    path = None if workdir is None else workdir / "config.json"
+    if path is not None and path.exists():
+        old = cfg_lib.from_dict(json.loads(path.read_text()))
+        horizon = old.optim.schedule_steps or old.train.steps
+    else:
+        horizon = config.train.steps
+    config.optim.schedule_steps = horizon
+    return config
+
+
 def run(argv, *, stop_after: int | None = None) -> list[dict]:
     """Trains; returns the scalar metric rows written. `stop_after` ends the process's work after
     that many GRPO steps of this invocation, as a crash would (tests use it for resume)."""
     config, workdir = cfg_lib.parse_command_line(argv)
+    config = _with_schedule_horizon(config, pathlib.Path(workdir))  # validated again in setup
     s = build.setup(config, workdir)
     c, workdir = s.config, s.workdir
     _check_workdir_config(workdir, c)
@@ -75,6 +92,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
     g = c.grpo
     use_reference = g.beta > 0
     optimizer = ts.optimizer_from_config(c)
+    schedule = ts.schedule_from_config(c)  # the learning rate each step logs (its first update's)
     # Saves are asynchronous: the device-to-host copy happens inside `save` (the next step may then
     # donate the state), the disk write in Orbax's background thread while the loop goes on;
     # `close` in the finally commits the last one even when the loop raises.
@@ -138,7 +156,8 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                 batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
                 max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
                 temperature=c.sampling.temperature, chat=chat, system=system, eos_ids=s.eos_ids,
-                weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets)
+                weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets,
+                top_k=c.sampling.top_k, top_p=c.sampling.top_p)  # pass@k samples as training does
 
         if fresh:
             dropped = s.prompt_counts
@@ -164,7 +183,9 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             if c.train.length_buckets:  # fewer columns, the same loss (buckets.py); lengths below use gen
                 ptok, pmask = buckets.trim_prompts(ptok, pmask, c.sampling.max_prompt_length)
                 ctok, cmask = buckets.trim_completions(ctok, cmask, c.sampling.max_new_tokens)
-            batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages))
+            # Dynamic sampling's fill rows carry no loss and count in no denominator (losses.py).
+            batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages),
+                             put(valid) if g.dynamic_sampling else None)
             state, step_metrics = step_fn(state, second, batch, hp)
             lengths = gen.mask.sum(axis=1)
             grouped = gen.rewards.reshape(b, G)
@@ -177,13 +198,19 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                 # the update's widths: the buckets with train.length_buckets, else the configured maxima
                 "update_prompt_width": float(ptok.shape[1]), "update_completion_width": float(ctok.shape[1]),
                 "truncated_fraction": float(np.mean(~ended)),
-                "zero_std_fraction": float(np.mean(grouped.std(axis=1) == 0)),
+                # groups without a signal (grpo.dynamic_sampling_metric: accuracy by default), and
+                # without any reward difference at all (shaping terms included)
+                "zero_std_fraction": float(np.mean(rollout.tied_groups(rollout.signal_values(c, gen), G))),
+                "reward_zero_std_fraction": float(np.mean(grouped.std(axis=1) == 0)),
                 "verifier_errors": gen.stats["verifier_errors"], "verifier_timeouts": gen.stats["verifier_timeouts"],
             } | sampled_metrics  # dynamic sampling: reward statistics over everything it sampled
             done += 1
             now = step + 1
             is_ckpt = c.train.checkpoint_every and now % c.train.checkpoint_every == 0 or now == c.train.steps
-            if now % c.train.log_every == 0 or is_ckpt:
+            is_eval = c.train.eval_every and (now % c.train.eval_every == 0 or now == c.train.steps)
+            is_samples = c.train.samples_every and now % c.train.samples_every == 0
+            # Evals and samples happen on the steps the config names, logged or not.
+            if now % c.train.log_every == 0 or is_ckpt or is_eval or is_samples:
                 fetched = metrics_lib.fetch(step_metrics)  # blocks: the update's time is in step_seconds
                 t3 = time.perf_counter()
                 if not math.isfinite(fetched["loss"]):
@@ -191,13 +218,14 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                     raise FloatingPointError(
                         f"non-finite loss ({fetched['loss']}) at step {now}; stopped without saving. The last "
                         f"good checkpoint is step {last} in {workdir / 'checkpoints'}")
-                row = {**host, **fetched, "sample_seconds": gen.stats["sample_seconds"],
+                row = {**host, **fetched, "learning_rate": float(schedule(step * ts.updates_per_step(c))),
+                       "sample_seconds": gen.stats["sample_seconds"],
                        "reward_seconds": gen.stats["reward_seconds"], "update_seconds": t3 - t2,
                        "step_seconds": t3 - t0}
-                if c.train.eval_every and (now % c.train.eval_every == 0 or now == c.train.steps):
+                if is_eval:
                     row |= run_eval(now)
                 log(now, row)
-                if c.train.samples_every and now % c.train.samples_every == 0:
+                if is_samples:
                     e = gen.examples[0]
                     writer.write_text(now, "completion", f"{e.prompt} -> {gen.completions[0]!r} "
                                                          f"(reward {gen.rewards[0]:.2f}, gold {e.answer})")

@@ -59,6 +59,9 @@ class Batch(NamedTuple):
     completion_tokens: jax.Array  # i32[N, T]
     completion_mask: jax.Array  # f32[N, T] 1 through the first EOS
     advantages: jax.Array  # f32[N]
+    # f32[N] 1 on the rows that carry a loss (grpo_loss's row_mask: DAPO dynamic sampling's fill rows
+    # are 0 and count in no denominator); None: every row.
+    row_mask: jax.Array | None = None
 
 
 class HParams(NamedTuple):
@@ -74,18 +77,29 @@ def make_hparams(*, epsilon, epsilon_high=None, beta, temperature) -> HParams:
     return HParams(*(jnp.asarray(x, jnp.float32) for x in (epsilon, epsilon_high, beta, temperature)))
 
 
-def make_optimizer(*, learning_rate, max_grad_norm=1.0, b1=0.9, b2=0.99, weight_decay=0.0,
-                   warmup_steps=0, schedule="constant", total_steps=1) -> optax.GradientTransformation:
-    """AdamW behind clip-by-global-norm (on by default: without it the quick start collapses)."""
+def learning_rate_schedule(*, learning_rate, warmup_steps=0, schedule="constant", total_steps=1):
+    """count -> learning rate of optimizer update `count` (0-based): linear warmup from 0 over
+    `warmup_steps` updates, then constant, or ("cosine") a cosine decay to 0 at `total_steps`."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
-                                                max(total_steps, warmup_steps + 1))
-    elif warmup_steps > 0:
-        lr = optax.linear_schedule(0.0, learning_rate, warmup_steps)
-    else:
-        lr = learning_rate
+        if warmup_steps == 0:  # optax's warmup version would spend the first update at lr 0
+            return optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
+                                                  max(total_steps, warmup_steps + 1))
+    if warmup_steps > 0:
+        return optax.linear_schedule(0.0, learning_rate, warmup_steps)  # holds its end value after
+    return optax.constant_schedule(learning_rate)
+
+
+def make_optimizer(*, learning_rate, max_grad_norm=1.0, b1=0.9, b2=0.99, weight_decay=0.0,
+                   warmup_steps=0, schedule="constant", total_steps=1) -> optax.GradientTransformation:
+    """AdamW behind clip-by-global-norm (on by default: without it the quick start collapses), at the
+    learning rate of `learning_rate_schedule`."""
+    lr = learning_rate_schedule(learning_rate=learning_rate, warmup_steps=warmup_steps, schedule=schedule,
+                                total_steps=total_steps)
+    if schedule == "constant" and warmup_steps == 0:
+        lr = learning_rate  # a plain float: the optimizer state has no schedule count to carry
     adam = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam) if max_grad_norm > 0 else adam
 
@@ -101,20 +115,37 @@ def _check_batch(batch: Batch) -> None:
                             custom_message="Batch: prompt_tokens and prompt_mask must both be [N, P]")
     chex.assert_equal_shape([batch.completion_tokens, batch.completion_mask],
                             custom_message="Batch: completion_tokens and completion_mask must both be [N, T]")
-    chex.assert_equal_shape_prefix(list(batch), 1, custom_message="Batch: every field needs the same N rows "
-                                   "(prompt_tokens, prompt_mask, completion_tokens, completion_mask, advantages)")
+    chex.assert_equal_shape_prefix([x for x in batch if x is not None], 1, custom_message="Batch: every field "
+                                   "needs the same N rows (prompt_tokens, prompt_mask, completion_tokens, "
+                                   "completion_mask, advantages, row_mask)")
+    if batch.row_mask is not None:
+        chex.assert_rank(batch.row_mask, 1, custom_message="Batch: row_mask must be [N]")
     chex.assert_type([batch.prompt_tokens, batch.completion_tokens, batch.advantages], [int, int, float],
                      custom_message="Batch: integer prompt/completion tokens, floating-point advantages")
 
 
+def updates_per_step(config) -> int:
+    """Optimizer updates per GRPO step: grpo.num_iterations * train.steps_per_generation."""
+    return config.grpo.num_iterations * config.train.steps_per_generation
+
+
+def schedule_from_config(config):
+    """count -> learning rate, over `optim.schedule_steps` GRPO steps (the horizon; the trainer sets it
+    to the first launch's train.steps and keeps it on resume, so a longer run does not make the
+    learning rate jump). Schedules count every optimizer update: updates_per_step per GRPO step."""
+    o = config.optim
+    horizon = o.schedule_steps or config.train.steps
+    return learning_rate_schedule(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps,
+                                  schedule=o.schedule, total_steps=horizon * updates_per_step(config))
+
+
 def optimizer_from_config(config) -> optax.GradientTransformation:
-    """The GRPO optimizer from the `optim` section. Schedules count every optimizer update:
-    train.steps * grpo.num_iterations * train.steps_per_generation."""
+    """The GRPO optimizer from the `optim` section, at `schedule_from_config`'s learning rate."""
     o = config.optim
     return make_optimizer(
         learning_rate=o.learning_rate, max_grad_norm=o.max_grad_norm, b1=o.b1, b2=o.b2,
         weight_decay=o.weight_decay, warmup_steps=o.warmup_steps, schedule=o.schedule,
-        total_steps=config.train.steps * config.grpo.num_iterations * config.train.steps_per_generation)
+        total_steps=(o.schedule_steps or config.train.steps) * updates_per_step(config))
 
 
 def _masked_mean(x, mask):
@@ -186,7 +217,8 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
         loss, metrics = losses.grpo_loss(
             logps, old_logps, ref_logps, mb.advantages, mb.completion_mask, epsilon=hp.epsilon,
             epsilon_high=hp.epsilon_high, beta=hp.beta, loss_type=loss_type,
-            importance_level=importance_level, max_completion_length=max_completion_length)
+            importance_level=importance_level, max_completion_length=max_completion_length,
+            row_mask=mb.row_mask)
         metrics["entropy"] = _masked_mean(stats["entropy"], mb.completion_mask.astype(jnp.float32))
         return loss * weight, (metrics, jax.lax.stop_gradient(logps))
 
@@ -204,17 +236,23 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             raise ValueError(f"shared_prefix: batch of {n} rows is not whole groups of group_size={group_size}")
         # [N, ...] -> [K, M, N/(K*M), ...]: chunk (k, m) holds rows k*M + m, + K*M, ... (strided:
         # every chunk stays spread over all the devices the batch is sharded on).
-        mbs = Batch(*(_split(x, K * M).reshape(K, M, *_split(x, K * M).shape[1:]) for x in batch))
+        mbs = Batch(*(None if x is None else _split(x, K * M).reshape(K, M, *_split(x, K * M).shape[1:])
+                      for x in batch))
         mask_f = mbs.completion_mask.astype(jnp.float32)
+        if batch.row_mask is not None:  # rows outside the row mask count in no token sum
+            mask_f = mask_f * mbs.row_mask[..., None].astype(jnp.float32)
         part_tokens = jnp.maximum(mask_f.sum((1, 2, 3)), 1.0)[:, None]  # [K, 1] tokens per optimizer step
         if loss_type == "bnpo":  # token-level: each chunk's share of its optimizer step's tokens
             weights = mask_f.sum((2, 3)) / part_tokens
-        else:  # row-level means: equal shares
+        elif batch.row_mask is None:  # row-level means: equal shares
             weights = jnp.full((K, M), 1.0 / M)
+        else:  # row-level means over the rows that count: each chunk's share of its part's rows
+            rows = mbs.row_mask.astype(jnp.float32).sum(2)  # [K, M]
+            weights = rows / jnp.maximum(rows.sum(1, keepdims=True), 1.0)
         token_share = mask_f.sum((2, 3)) / part_tokens  # [K, M] for token-mean metrics
 
         def forward_all(p):  # [K, M, N/(KM), T] log-probs of every chunk, no gradient
-            flat = Batch(*(x.reshape(K * M, *x.shape[2:]) for x in mbs))
+            flat = Batch(*(None if x is None else x.reshape(K * M, *x.shape[2:]) for x in mbs))
             _, out = jax.lax.scan(lambda _, mb: (None, scored_logps(p, mb, hp)[0]), None, flat)
             return jax.lax.stop_gradient(out.reshape(K, M, *out.shape[1:]))
 
@@ -317,7 +355,9 @@ def init_state(params, optimizer: optax.GradientTransformation, mesh) -> TrainSt
 def jit_train_step(step_fn, mesh, state_sh: TrainState, ref_params_sh):
     """jit with explicit in/out shardings; the train state is donated (updated in place)."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sh = Batch(*(sharding.batch_sharding(mesh, nd) for nd in (2, 2, 2, 2, 1)))
+    # One sharding for every Batch field, a pytree prefix: each leaf's leading dim over the batch
+    # axes, the rest replicated (so an absent row_mask, None, needs no entry of its own).
+    batch_sh = sharding.batch_sharding(mesh, 1)
     hp_sh = HParams(*([replicated] * 4))
     return jax.jit(sharding.under_mesh(step_fn, mesh), in_shardings=(state_sh, ref_params_sh, batch_sh, hp_sh),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))

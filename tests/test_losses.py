@@ -239,3 +239,24 @@ def test_k3_nonnegative_and_zero_iff_equal(pairs):
     # Away from equality k3 is strictly positive (>= ~d^2/2 for small d; checked where d is not tiny).
     far = np.abs(arr[:, 0] - arr[:, 1]) > 1e-2
     assert np.all(kl[far] > 0)
+
+
+@pytest.mark.parametrize("loss_type,expected_fill,expected_truncated",
+                         [("grpo", -1.0, -0.5), ("dr_grpo", -0.75, -0.375), ("bnpo", -1.0, -1.0)])
+def test_fill_rows_count_nowhere_truncated_rows_count_as_trl_does(loss_type, expected_fill, expected_truncated):
+    # On-policy (rho = 1), beta 0: the per-token objective is A. Row 0 has A = 1 on 3 of 4 tokens;
+    # row 1 (A = 3) has its tokens masked. As a dynamic-sampling fill row (row_mask 0) it counts in no
+    # denominator: grpo -1 (row 0's mean), dr_grpo -3 / (1 row * 4). As a truncated completion under
+    # mask_truncated_completions (row_mask 1) it still counts, TRL's convention: grpo -(1 + 0) / 2,
+    # dr_grpo -3 / (2 rows * 4). bnpo divides by tokens either way: -1.
+    logps = jnp.full((2, 4), -1.0)
+    adv = jnp.array([1.0, 3.0])
+    mask = jnp.array([[1, 1, 1, 0], [0, 0, 0, 0]], jnp.float32)
+    kw = dict(beta=0.0, loss_type=loss_type, max_completion_length=4)
+    fill, _ = grpo_loss(logps, logps, None, adv, mask, row_mask=jnp.array([1.0, 0.0]), **kw)
+    truncated, _ = grpo_loss(logps, logps, None, adv, mask, row_mask=jnp.array([1.0, 1.0]), **kw)
+    assert float(fill) == pytest.approx(expected_fill)
+    assert float(truncated) == pytest.approx(expected_truncated)
+    # a row outside row_mask counts nowhere even where its mask is not 0
+    leaky, _ = grpo_loss(logps, logps, None, adv, jnp.ones((2, 4)), row_mask=jnp.array([1.0, 0.0]), **kw)
+    assert float(leaky) == pytest.approx(-1.0)

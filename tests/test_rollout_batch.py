@@ -117,3 +117,29 @@ def test_long_prompts_are_dropped_at_load_and_counted(tmp_path):
     c = cfg_lib.apply_overrides(cfg_lib.Config(), ["sampling.max_prompt_length=8"])
     with pytest.raises(cfg_lib.ConfigError, match=r"`sampling.max_prompt_length` = 8 .*up to \d+ tokens"):
         tasks.fit_prompts(tasks.from_config(c), tokenizer, c)
+
+
+def test_dynamic_sampling_filters_on_accuracy_not_on_shaping_terms():
+    # Every completion is correct; only a shaping reward (format, weight 0.1) differs within groups.
+    # Filtering on the total reward kept these groups, and group-std scaling then turned the shaping
+    # noise into full-size advantages (16 correct completions, one a token into the overlong window:
+    # +0.095 / -1.421). DAPO and verl filter on accuracy: no group has a signal, none is kept.
+    s = _setup("grpo.dynamic_sampling=true", "grpo.dynamic_sampling_max_rounds=1", "rewards.weights.format=0.1")
+    shaping = lambda c, e: zlib.crc32(c.encode()) % 1000 / 1000  # noqa: E731
+    s = s._replace(verifiers={"correctness": lambda c, e: 1.0, "format": shaping})
+    gen, valid, metrics = rollout.collect(s, s.params, 0, _keys())
+    assert metrics["dynamic_kept_fraction"] == 0.0 and metrics["zero_std_fraction"] == 1.0
+    assert valid.tolist() == [0.0] * len(valid)  # all fill: nothing to learn from this step
+    advantages, loss_mask, _ = rollout.update_inputs(s.config, gen, valid, s.eos_ids)
+    assert np.all(advantages == 0) and np.all(loss_mask == 0)
+    # The old behaviour stays available by name: the total reward differs, so every group is kept.
+    c = cfg_lib.apply_overrides(s.config, ["grpo.dynamic_sampling_metric=reward"])
+    _, valid, metrics = rollout.collect(s._replace(config=c), s.params, 0, _keys())
+    assert metrics["dynamic_kept_fraction"] == 1.0 and valid.tolist() == [1.0] * len(valid)
+
+
+def test_dynamic_sampling_metric_must_name_a_weighted_reward():
+    for ok in ("correctness", "reward"):
+        _setup("grpo.dynamic_sampling=true", f"grpo.dynamic_sampling_metric={ok}")
+    with pytest.raises(cfg_lib.ConfigError, match="grpo.dynamic_sampling_metric"):
+        _setup("grpo.dynamic_sampling=true", "grpo.dynamic_sampling_metric=format")  # format weight 0 here

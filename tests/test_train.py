@@ -247,3 +247,46 @@ def test_evaluate_reports_format_rate_and_length_of_the_greedy_completions(monke
     out = evaluate.evaluate(None, None, tok, task._replace(style="mine"), key=None, batch_size=4,
                             max_prompt_length=8, max_new_tokens=16, put=None, eos_ids=2)
     assert "eval_format" not in out and out["eval_accuracy"] == 0.75
+
+
+def test_evals_and_samples_run_on_the_steps_asked_and_pass_k_samples_like_training(tmp_path, monkeypatch):
+    # Before: evals and samples ran only on logged steps (log_every=4, eval_every=3 evaluated at 0
+    # and 6, never at 3), and the pass@k samples were drawn without the config's top-k / top-p.
+    import math
+
+    from grpo_jax import sampling
+
+    calls, original = [], sampling.sample
+
+    def spy(*args, **kwargs):
+        calls.append((float(kwargs.get("temperature", 1.0)), kwargs.get("top_k", 0), kwargs.get("top_p", 1.0)))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", spy)
+    train.run(argv(tmp_path, "mesh.data=1", "mesh.fsdp=1", "sft.steps=0", "train.log_every=4",
+                   "train.eval_every=3", "train.checkpoint_every=0", "train.samples_every=5", "train.pass_k=2",
+                   "sampling.top_k=3", "sampling.top_p=0.9", "optim.schedule=cosine"))
+    rows = metrics_lib.read_metrics(tmp_path)
+    assert {r["step"] for r in rows if "eval_accuracy" in r} == {0, 3, 6}
+    assert {r["step"] for r in rows if "eval_pass@2" in r} == {0, 3, 6}
+    assert [s["step"] for s in metrics_lib.read_metrics(tmp_path, kind="samples")] == [5]
+    sampled = [c for c in calls if c[0] > 0]  # training rollouts and pass@k samples; greedy aside
+    assert len(sampled) > 6 and all(c[1:] == (3, 0.9) for c in sampled), sampled
+    # The learning rate each logged step trained at: cosine over 6 updates, no warmup (hand formula).
+    lr = {r["step"]: r["learning_rate"] for r in rows if "learning_rate" in r}
+    assert lr == pytest.approx({s: 1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 6)) for s in (3, 4, 5, 6)})
+
+
+def test_resume_keeps_the_first_launchs_learning_rate_schedule(tmp_path):
+    # train.steps may change on resume, but it used to set the cosine horizon too: the learning
+    # rate jumped (here from 5e-4 to 2.5e-4 at step 3). The first launch's horizon now holds, and
+    # steps past its end (learning rate 0: nothing learnt) are refused before any work.
+    args = ("mesh.data=1", "mesh.fsdp=1", "sft.steps=0", "optim.schedule=cosine", "train.eval_every=0",
+            "train.checkpoint_every=2", "train.samples_every=0")
+    train.run(argv(tmp_path, *args, "train.steps=4"), stop_after=2)
+    rows = train.run(argv(tmp_path, *args, "train.steps=3"))
+    assert [r["step"] for r in rows] == [3]
+    assert rows[0]["learning_rate"] == pytest.approx(1e-3 * 0.5)  # step 3 of the 4-step cosine
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["schedule_steps"] == 4
+    with pytest.raises(cfg_lib.ConfigError, match="train.steps"):
+        train.run(argv(tmp_path, *args, "train.steps=8"))

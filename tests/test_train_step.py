@@ -270,3 +270,31 @@ def test_chunked_lm_head_step_equals_one_chunk():
     for k in m1[0]:
         np.testing.assert_allclose(m1[0][k], m2[0][k], rtol=1e-5, atol=1e-6, err_msg=k)
     chex.assert_trees_all_close(s1.params, s2.params, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo"])  # bnpo divides by tokens: never diluted
+def test_fill_rows_do_not_dilute_the_update(loss_type):
+    # DAPO dynamic sampling fills a short batch with rows that carry no loss (row_mask 0). Before,
+    # they counted in the grpo / dr_grpo row counts, so a half-filled batch updated half as much. Now
+    # the 16-row batch whose last 8 rows are fill updates exactly as the 8 real rows alone (M = 2
+    # accumulation chunks: the strided chunks hold the same real rows in both).
+    mesh = mesh_of(1, 1)
+    full = make_batch(0)
+    real = jax.tree.map(lambda x: x[:8], full)
+    filled = full._replace(completion_mask=full.completion_mask.at[8:].set(0.0),
+                           row_mask=jnp.repeat(jnp.array([1.0, 0.0]), 8))
+    opt = optax.sgd(1.0)
+    outs = []
+    for batch in (real, filled):
+        params = sharding.init_params_sharded(CFG, jax.random.key(0), mesh)
+        state_sh = ts.state_shardings(mesh, opt, jax.eval_shape(lambda p: p, params))
+        fn = ts.jit_train_step(ts.build_train_step(CFG, opt, use_reference=False, loss_type=loss_type,
+                                                   num_minibatches=2, max_completion_length=T),
+                                mesh, state_sh, None)
+        state, metrics = fn(ts.init_state(params, opt, mesh), None, batch,
+                            ts.make_hparams(epsilon=0.2, beta=0.0, temperature=1.0))
+        outs.append((state.params, jax.device_get(metrics)))
+    (p_real, m_real), (p_fill, m_fill) = outs
+    for k in ("loss", "entropy", "grad_norm", "clip_fraction"):
+        np.testing.assert_allclose(m_fill[k], m_real[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    chex.assert_trees_all_close(p_fill, p_real, atol=1e-6, rtol=1e-6)
