@@ -9,9 +9,10 @@ column sums ("7+9=16\n4+3+1=8" for 47+39), stopped early at a modest held-out ac
 with GRPO (G = 8, 16 prompts per step, beta = 0.04, lr 1e-4, clip-by-norm 1.0) for 600 steps.
 Held-out greedy accuracy is measured on 512 problems never seen in training.
 
-Expected (2-core CPU, measured 2026-11-28, seed 0): SFT stops at step 320 (held-out 33.2 %); GRPO
-reaches 72 % at step 50 (under a minute of GRPO), 86 % at step 350 (8.3 min wall in all) and
-88-93 % from step 450 on (evals every 25 steps fluctuate by +-5 points); 12.6 min wall in all.
+Expected (2-core CPU, measured 2026-12-03, seed 0, 512 distinct held-out problems): SFT stops at step
+200 (held-out 33.6 %); GRPO reaches 69 % at step 50 (under a minute of GRPO on a quiet machine),
+83 % at 225, 92 % at 300 and 91-96.5 % from step 375 on (evals every 25 steps fluctuate by a few
+points). About 10 min wall on a quiet machine (31 min measured beside three other jobs).
 See README.md for the curve.
 """
 from grpo_jax.config import Config

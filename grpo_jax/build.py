@@ -65,6 +65,14 @@ def reference_params(model_config: model_lib.ModelConfig, params):
     return model_lib.cast_params(params, jnp.dtype(model_config.dtype))
 
 
+def abstract_reference(model_config: model_lib.ModelConfig, abstract_params):
+    """`reference_params` of an abstract param tree: the same shardings, floating leaves in the compute
+    dtype (a restore target)."""
+    dtype = jnp.dtype(model_config.dtype)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding), abstract_params)
+
+
 def checkpoint_tree(c: cfg_lib.Config, state, ref_params) -> dict:
     """What a checkpoint holds: the train state (with LoRA: the adapters and their optimizer state
     only), and the frozen reference when the KL term needs a copy of it (not with LoRA: the reference
@@ -72,18 +80,43 @@ def checkpoint_tree(c: cfg_lib.Config, state, ref_params) -> dict:
     return {"train": state, "ref": ref_params} if c.grpo.beta > 0 and ref_params is not None else {"train": state}
 
 
+def abstract_adapters(model_config: model_lib.ModelConfig, mesh):
+    """The LoRA adapters' tree as ShapeDtypeStructs carrying their shardings (a restore target)."""
+    abstract = jax.eval_shape(lambda k: model_lib.init_lora(model_config, k), jax.random.key(0))
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        abstract, sharding.param_shardings(mesh, abstract))
+
+
 def init_adapters(s: "Setup"):
     """Fresh LoRA adapters for the run's model (B = 0: the adapted model starts equal to the base),
     created already sharded like the parameters."""
     key = jax.random.fold_in(jax.random.key(s.config.train.seed), 2)
-    abstract = jax.eval_shape(lambda k: model_lib.init_lora(s.model_config, k), key)
-    return jax.jit(lambda k: model_lib.init_lora(s.model_config, k),
-                   out_shardings=sharding.param_shardings(s.mesh, abstract))(key)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract_adapters(s.model_config, s.mesh))
+    return jax.jit(lambda k: model_lib.init_lora(s.model_config, k), out_shardings=shardings)(key)
 
 
-def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False) -> Setup:
-    """Validates `config` against the devices and builds every part (module docstring); with
-    `for_eval`, the params come from the workdir's latest checkpoint when there is one."""
+def check_context_length(config: cfg_lib.Config, model_config: model_lib.ModelConfig) -> None:
+    """A prompt plus its completion longer than the model's positions would run on positions the
+    model never saw (RoPE extrapolates silently): refused, naming the keys."""
+    s = config.sampling
+    need = s.max_prompt_length + s.max_new_tokens
+    if need > model_config.max_position_embeddings:
+        where = f"{config.model.path}'s config" if config.model.path else "model.max_position_embeddings"
+        raise cfg_lib.ConfigError(
+            f"config keys `sampling.max_prompt_length` + `sampling.max_new_tokens` = {s.max_prompt_length} + "
+            f"{s.max_new_tokens} = {need} exceed the model's {model_config.max_position_embeddings} positions "
+            f"({where}): lower them, or use a model with a longer context")
+
+
+def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False, load_weights: bool = True) -> Setup:
+    """Validates `config` against the devices and builds every part (module docstring).
+
+    `for_eval`: the params are the policy of the workdir's latest checkpoint when there is one, and
+    only they are read from it (not the optimizer state nor the reference; with LoRA the base comes
+    from model.path and the adapters from the checkpoint). `load_weights=False` (a training run
+    resuming from its own checkpoint): the weights at model.path are not read at all, `params` is
+    None, and the trainer restores everything from the checkpoint; a LoRA run still loads its base,
+    which checkpoints do not hold."""
     cfg_lib.validate(config, num_devices=jax.device_count())
     workdir = pathlib.Path(workdir)
     data, fsdp = cfg_lib.mesh_shape(config, jax.device_count())
@@ -93,20 +126,24 @@ def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False) -> Setup:
     task, prompt_counts = tasks_lib.fit_prompts(task, tokenizer, config)
     verifiers = rewards_lib.from_config(config, task)
     eos_ids = tok_lib.eos_token_ids(tokenizer, config.model.path or None)
-    model_config, params = weights_lib.from_config(config, tokenizer, mesh)
-    if model_config.lora_rank > 0:  # the frozen base is only read through casts to the compute dtype:
-        params = model_lib.cast_params(params, model_config.dtype)  # store it so (7B in bf16: half)
-    step = 0
+    model_config = weights_lib.model_config_from_config(config, tokenizer)  # no weight read yet
+    check_context_length(config, model_config)
+    lora = model_config.lora_rank > 0
+    latest = None
     ckpt_dir = workdir / "checkpoints"
     if for_eval and ckpt_dir.exists():
         with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
-            if ckpt.latest_step() is not None:
-                lora = model_config.lora_rank > 0
-                trained = model_lib.init_lora(model_config, jax.random.key(0)) if lora else params
-                target = checkpoint_tree(config, ts.init_state(trained, ts.optimizer_from_config(config), mesh),
-                                         None if lora else reference_params(model_config, params))
-                restored, _ = ckpt.restore(ckpt_lib.abstract_like(target))
-                trained, step = restored["train"].params, ckpt.latest_step()
-                params = model_lib.merge_lora(params, trained) if lora else trained
+            latest = ckpt.latest_step()
+    step, params = 0, None
+    if lora or (load_weights and latest is None):
+        _, params = weights_lib.from_config(config, tokenizer, mesh)
+        if lora:  # the frozen base is only read through casts to the compute dtype:
+            params = model_lib.cast_params(params, model_config.dtype)  # store it so (7B in bf16: half)
+    if latest is not None:  # the policy's weights alone from the checkpoint (4 bytes a parameter)
+        trained = abstract_adapters(model_config, mesh) if lora else weights_lib.abstract_params(model_config, mesh)
+        with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
+            trained = ckpt.restore_partial({"train": {"params": trained}}, step=latest)["train"]["params"]
+        step = latest
+        params = model_lib.merge_lora(params, trained) if lora else trained
     return Setup(config, workdir, mesh, make_put(mesh), tokenizer, model_config, params, task, step,
                  eos_ids, prompt_counts, verifiers)

@@ -190,6 +190,30 @@ class Checkpointer:
         jax.block_until_ready([x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)])
         return state, dict(restored["meta"] or {})
 
+    def restore_partial(self, abstract_subtree, *, step: int | None = None):
+        """Only the leaves of `abstract_subtree` from checkpoint `step` (default: the latest): a nested
+        dict of the saved tree's keys ending in ShapeDtypeStructs with `.sharding`, e.g.
+        {"train": {"params": abstract_params}} reads the policy's weights and nothing else (no
+        optimizer state, no reference: evaluation needs 4 bytes per parameter, not 16+). No PRNG-key
+        leaves (they need `restore`)."""
+        self.wait()
+        step = self.latest_step() if step is None else int(step)
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
+        path = self.directory / str(step)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint step {step} not found: {path} does not exist "
+                                    f"(steps present: {self.all_steps()})")
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract_subtree)
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                path / "state", args=ocp.args.PyTreeRestore(item=abstract_subtree, restore_args=restore_args,
+                                                            partial_restore=True))
+        except Exception as e:  # Orbax/tensorstore raise many types; all mean "this dir is bad".
+            raise ValueError(f"cannot restore from checkpoint {path}: {type(e).__name__}: {e}") from e
+        jax.block_until_ready(jax.tree.leaves(restored))  # see `restore`: the CPU collective deadlock
+        return restored
+
     def wait(self) -> None:
         """Blocks until any asynchronous save has been committed."""
         self._manager.wait_until_finished()

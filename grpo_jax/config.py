@@ -51,6 +51,9 @@ class ModelSection:
     # lr 1e-6 on bf16 weights of scale 0.02 round away for ~98 % of them (the master-weights
     # problem; Flax param_dtype / MaxText weight_dtype). The frozen reference is stored in `dtype`.
     param_dtype: str = "float32"
+    # Training with param_dtype=bfloat16 (bf16 master weights, and Adam's moments with them) is
+    # refused unless this is true: updates below bf16's resolution round away.
+    allow_bf16_params: bool = False
     # LoRA (Hu et al. 2021): rank 0 trains every weight; rank r > 0 trains only rank-r adapters
     # W + (alpha / r) A B on the targets (comma-separated, any of q, k, v, o, gate, up, down), and
     # the reference policy is the base model with the adapters off (no second copy of the weights).
@@ -452,6 +455,11 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
                                  config.sampling, config.optim, config.train, config.sft)
     _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
     _check(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype, f"one of {DTYPES}")
+    _check(m.param_dtype == "float32" or m.allow_bf16_params or (tr.steps == 0 and sft.steps == 0),
+           "model.param_dtype", m.param_dtype,
+           "float32 for training: Adam's updates at lr 1e-6 on bf16 weights of scale 0.02 round away for "
+           "~98 % of them, so the run would silently learn almost nothing (model.dtype=bfloat16 gives bf16 "
+           "compute over f32 master weights; set model.allow_bf16_params=true to train bf16 weights anyway)")
     _check(m.remat in REMAT_POLICIES, "model.remat", m.remat, f"one of {tuple(REMAT_POLICIES)}")
     _check(m.attention in ATTENTION_IMPLS, "model.attention", m.attention, f"one of {ATTENTION_IMPLS}")
     _check(m.attention != "cudnn" or m.dtype == "bfloat16", "model.attention", m.attention,

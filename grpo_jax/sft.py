@@ -156,7 +156,7 @@ def run_sft(model_config: model_lib.ModelConfig, params, tokenizer, example_fn: 
             chat: bool = False, system: str | None = None, log_every: int = 10,
             log_fn: Callable[[int, dict], None] | None = None, max_grad_norm: float = 1.0,
             prompt_fn: Callable[[Any], str] | None = None,
-            stop_fn: Callable[[int, Any], bool] | None = None, stop_every: int = 0):
+            stop_fn: Callable[[int, Any], bool] | None = None, stop_every: int = 0, donate: bool = False):
     """`steps` SFT updates from `params`; returns the trained params, FSDP-sharded on `mesh` (the
     layout `sharding.init_params_sharded` gives). The input `params` are not consumed.
 
@@ -169,7 +169,8 @@ def run_sft(model_config: model_lib.ModelConfig, params, tokenizer, example_fn: 
     every 8 steps, which keeps a sharded CPU run out of the collective deadlock (ENVIRONMENT.md).
 
     `stop_fn(step, params) -> bool`, called every `stop_every` steps, ends SFT early when it returns
-    True (the trainer stops at a held-out accuracy).
+    True (the trainer stops at a held-out accuracy). `donate=True`: `params` are consumed (trained in
+    place; the caller must not use them afterwards), so SFT holds one copy of the weights, not two.
 
     `seed` has no effect today and is accepted for call-site symmetry with GRPO: SFT has no
     randomness (no dropout; the data order is example_fn's, the init is the caller's), so two runs
@@ -185,8 +186,12 @@ def run_sft(model_config: model_lib.ModelConfig, params, tokenizer, example_fn: 
                                           warmup_steps=warmup_steps, total_steps=max(steps, 1))
     state_sh = train_step.state_shardings(mesh, optimizer, jax.eval_shape(lambda p: p, params))
     # The step donates its state: train on a copy (placed with the mesh's FSDP shardings) so the
-    # caller's params stay valid, e.g. as the GRPO reference or for a before/after comparison.
-    params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_sh.params)(params)
+    # caller's params stay valid, e.g. for a before/after comparison; with `donate` the caller hands
+    # them over and they are trained in place (no second copy of the weights: the trainer does so).
+    if donate:
+        params = jax.device_put(params, state_sh.params)  # no copy when already placed so
+    else:
+        params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_sh.params)(params)
     state = train_step.init_state(params, optimizer, mesh)
     step_fn = jit_sft_step(build_sft_step(model_config, optimizer), mesh, state_sh)
     batch_sh = sft_batch_shardings(mesh)
@@ -255,10 +260,11 @@ def sft_eval_loss(model_config: model_lib.ModelConfig, params, tokenizer, exampl
     return float(np.sum(total_nll, dtype=np.float64) / np.sum(total_tokens, dtype=np.float64))
 
 
-def warm_start(s, log):
+def warm_start(s, log, *, donate: bool = False):
     """The SFT warm-start stage of a run (a `build.Setup`) on `s.params`: `sft.steps` steps, or fewer when held-out validation
     accuracy (checked every `sft.eval_every` steps) reaches `sft.stop_accuracy`. Returns the params;
-    `log(step, metrics)` gets the SFT metrics and validation accuracies."""
+    `log(step, metrics)` gets the SFT metrics and validation accuracies. `donate`: `s.params` are
+    consumed (`run_sft`)."""
     c = s.config
 
     def stop(step, params):
@@ -285,4 +291,4 @@ def warm_start(s, log):
         max_target_length=c.sampling.max_new_tokens, chat=c.task.chat_template,
         system=c.task.system_prompt or None, log_every=max(1, c.sft.steps // 10), log_fn=log,
         prompt_fn=s.task.prompt, max_grad_norm=c.optim.max_grad_norm, stop_fn=stop,
-        stop_every=c.sft.eval_every)
+        stop_every=c.sft.eval_every, donate=donate)

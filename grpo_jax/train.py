@@ -40,6 +40,7 @@ from grpo_jax import rollout
 from grpo_jax import sft
 from grpo_jax import sharding
 from grpo_jax import train_step as ts
+from grpo_jax import weights as weights_lib
 
 
 def _check_workdir_config(workdir: pathlib.Path, config: cfg_lib.Config) -> None:
@@ -74,12 +75,21 @@ def _with_schedule_horizon(config: cfg_lib.Config, workdir: pathlib.Path | None)
     return config
 
 
+def _latest_checkpoint(workdir: pathlib.Path) -> int | None:
+    if not (workdir / "checkpoints").exists():
+        return None
+    with ckpt_lib.Checkpointer(workdir / "checkpoints") as ckpt:
+        return ckpt.latest_step()
+
+
 def run(argv, *, stop_after: int | None = None) -> list[dict]:
     """Trains; returns the scalar metric rows written. `stop_after` ends the process's work after
     that many GRPO steps of this invocation, as a crash would (tests use it for resume)."""
     config, workdir = cfg_lib.parse_command_line(argv)
     config = _with_schedule_horizon(config, pathlib.Path(workdir))  # validated again in setup
-    s = build.setup(config, workdir)
+    # Resuming a full fine-tune reads everything from the checkpoint: model.path's weights are not
+    # loaded at all (they would only be overwritten, at 4 more bytes a parameter).
+    s = build.setup(config, workdir, load_weights=_latest_checkpoint(pathlib.Path(workdir)) is None)
     c, workdir = s.config, s.workdir
     _check_workdir_config(workdir, c)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -109,23 +119,33 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             rows.append(writer.write(step, scalars))
             return rows[-1]
 
-        params = s.params
-        if start is None and c.sft.steps > 0:
-            print(f"SFT warm start: {c.sft.steps} steps", file=sys.stderr)
-            params = sft.warm_start(s, lambda step, m: log(0, {(k if k.startswith("sft_") else f"sft_{k}"): v
-                                                     for k, v in m.items()} | {"sft_step": step}))
         lora = s.model_config.lora_rank > 0
-        if lora:  # train adapters only; the base is frozen and, adapters off, is the reference
-            trained, frozen = build.init_adapters(s), params
-            ref_params = None
-        else:
-            trained, frozen = params, None
-            ref_params = build.reference_params(s.model_config, params) if use_reference else None
-        state = ts.init_state(trained, optimizer, s.mesh)
-        if start is not None:
-            full = build.checkpoint_tree(c, state, ref_params)
-            full, _ = ckpt.restore(ckpt_lib.abstract_like(full))
+        # One owner for the weights: the Setup hands them over and keeps no reference (it held a
+        # second copy alive for the whole run after SFT).
+        params, s = s.params, s._replace(params=None)
+        frozen = params if lora else None  # LoRA: the base is frozen and, adapters off, the reference
+        if start is None:
+            if c.sft.steps > 0:
+                print(f"SFT warm start: {c.sft.steps} steps", file=sys.stderr)
+                params = sft.warm_start(s._replace(params=params), lambda step, m: log(
+                    0, {(k if k.startswith("sft_") else f"sft_{k}"): v for k, v in m.items()} | {"sft_step": step}),
+                    donate=True)  # trains the weights in place: no copy beside them
+            if lora:  # train adapters only
+                trained, ref_params = build.init_adapters(s), None
+            else:
+                trained = params
+                ref_params = build.reference_params(s.model_config, params) if use_reference else None
+            state = ts.init_state(trained, optimizer, s.mesh)
+            del params, trained
+        else:  # restored onto abstract targets: nothing is allocated only to be overwritten
+            abstract = (build.abstract_adapters(s.model_config, s.mesh) if lora
+                        else weights_lib.abstract_params(s.model_config, s.mesh))
+            target = {"train": ts.abstract_state(optimizer, abstract, s.mesh)}
+            if use_reference and not lora:  # as build.checkpoint_tree saves it
+                target["ref"] = build.abstract_reference(s.model_config, abstract)
+            full, _ = ckpt.restore(target)
             state, ref_params = full["train"], full.get("ref")
+            del full
             print(f"resumed from {workdir / 'checkpoints'} at step {start}", file=sys.stderr)
         start = start or 0
 

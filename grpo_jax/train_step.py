@@ -344,6 +344,14 @@ def state_shardings(mesh, optimizer: optax.GradientTransformation, abstract_para
     return TrainState(replicated, param_sh, opt_sh)
 
 
+def abstract_state(optimizer: optax.GradientTransformation, abstract_params, mesh) -> TrainState:
+    """The TrainState as ShapeDtypeStructs carrying `state_shardings`: a restore target that costs no
+    memory (a concrete one built just to be overwritten doubled the peak of a resume)."""
+    shardings = state_shardings(mesh, optimizer, abstract_params)
+    shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings)
+
+
 def init_state(params, optimizer: optax.GradientTransformation, mesh) -> TrainState:
     """A TrainState whose optimizer state is created directly with its shardings."""
     shardings = state_shardings(mesh, optimizer, jax.eval_shape(lambda p: p, params))

@@ -35,6 +35,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import jax
@@ -331,8 +332,15 @@ def _has_lora(params) -> bool:
 
 
 def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict, *, adapter_only: bool = False,
-            base_model: str = "") -> pathlib.Path:
+            base_model: str = "", dtype: str | None = None) -> pathlib.Path:
     """Write config.json + model.safetensors that transformers' AutoModelForCausalLM loads.
+
+    The exported model is the policy exactly, by default: every tensor in float32 when LoRA adapters
+    are folded (base + (alpha / r) A B computed in f32 against the base as given, which should be the
+    base at its checkpoint precision), else the params as stored. `dtype="bfloat16"` (or "float32")
+    writes every tensor in that dtype instead; a bf16 export of folded adapters rounds away part of
+    the LoRA update, which is measured and printed (share of the update's entries lost, largest
+    weight error). config.json's dtype is the dtype written.
 
     With LoRA adapters in `params` (`model.merge_lora`): by default they are folded into the weights
     (`model.fold_lora`: a plain model, nothing else needed to load it). `adapter_only=True` writes a
@@ -362,12 +370,22 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict, *, adapt
         weights_file = "adapter_model.safetensors"
     else:
         if lora:
-            params = model_lib.fold_lora(config, params)
+            folded = model_lib.fold_lora(config, params)  # f32 kernels: the exact policy
+            written = jnp.dtype(dtype or jnp.float32)
+            if written != jnp.float32:
+                _report_rounding(params, folded, written)
+            params = folded
+        else:
+            stored = {jnp.dtype(x.dtype) for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)}
+            written = jnp.dtype(dtype) if dtype else max(stored, key=lambda d: d.itemsize)
+        _dtype_name(written)  # float32 or bfloat16 only
+        params = model_lib.cast_params(params, written)
         for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
             name, transposed = _hf_name(keypath)
             arr = np.asarray(jax.device_get(leaf))  # gathers a sharded array to the host
             tensors[name] = np.ascontiguousarray(arr.T if transposed else arr)
-        files = {"config.json": json.dumps(_config_to_hf(config), indent=2) + "\n"}
+        hf_config = _config_to_hf(dataclasses.replace(config, param_dtype=written.name))
+        files = {"config.json": json.dumps(hf_config, indent=2) + "\n"}
         weights_file = _SAFETENSORS
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -386,6 +404,30 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict, *, adapt
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _report_rounding(adapted: dict, folded: dict, dtype) -> None:
+    """Prints what writing the folded policy in `dtype` loses: the share of the LoRA update's
+    non-zero entries that rounding erases (the exported weight equals the rounded base weight there),
+    and the largest weight error against the exact f32 fold."""
+    lost = total = 0
+    worst = 0.0
+    for keypath, exact in jax.tree_util.tree_flatten_with_path(folded)[0]:
+        node = adapted
+        for k in keypath[:-1]:
+            node = node[k.key if hasattr(k, "key") else k.idx]
+        if not isinstance(node, dict) or "lora_a" not in node or keypath[-1].key != "kernel":
+            continue
+        exact = np.asarray(jax.device_get(exact), np.float32)
+        base = np.asarray(jax.device_get(node["kernel"]), np.float32)
+        rounded = np.asarray(jnp.asarray(exact).astype(dtype).astype(jnp.float32))
+        changed = exact != base
+        lost += int((changed & (rounded == np.asarray(jnp.asarray(base).astype(dtype).astype(jnp.float32)))).sum())
+        total += int(changed.sum())
+        worst = max(worst, float(np.abs(rounded - exact).max()))
+    print(f"save_hf: a {jnp.dtype(dtype).name} export of the folded LoRA policy loses "
+          f"{100.0 * lost / max(total, 1):.1f} % of the LoRA update's {total} non-zero entries "
+          f"(largest weight error {worst:.3g}); the default float32 export is exact", file=sys.stderr)
 
 
 def _peft_config(config: ModelConfig, base_model: str) -> dict:
@@ -508,27 +550,56 @@ def run_options(m) -> dict:
                 scan_layers=m.scan_layers, remat=m.remat, attention=m.attention)
 
 
+def model_config_from_config(config, tokenizer) -> ModelConfig:
+    """The run's ModelConfig without reading any weight: `model.path`'s config.json or GGUF header, or
+    the architecture of the `model` section (vocabulary: the tokenizer's size unless
+    `model.vocab_size` says more), with the run's options (LoRA, scan, remat, attention)."""
+    m = config.model
+    dtypes = dict(dtype=_dtype_name(m.dtype), param_dtype=_dtype_name(m.param_dtype))
+    if m.path:
+        path = pathlib.Path(m.path)
+        if not path.exists():
+            raise ConfigError(f"config key `model.path`: {m.path!r} does not exist")
+        if path.suffix == ".gguf":
+            import gguf
+            mc = _gguf_config(gguf.GGUFReader(path), file=path, **dtypes)  # header only: the file is mapped
+        else:
+            config_file = path / "config.json"
+            if not config_file.is_file():
+                raise ConfigError(f"config key `model.path`: {config_file} missing (not a Hugging Face "
+                                  f"model directory or a .gguf file)")
+            mc = _config_from_hf(json.loads(config_file.read_text()), file=config_file, **dtypes)
+        return dataclasses.replace(mc, **run_options(m))
+    vocab = m.vocab_size or len(tokenizer)
+    if vocab < len(tokenizer):
+        raise ConfigError(f"config key `model.vocab_size` = {vocab} is smaller than the tokenizer's "
+                          f"{len(tokenizer)} tokens")
+    return ModelConfig(
+        vocab_size=vocab, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, intermediate_size=m.intermediate_size,
+        rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_eps, tie_embeddings=m.tie_embeddings,
+        attention_bias=m.attention_bias, qk_norm=m.qk_norm, max_position_embeddings=m.max_position_embeddings,
+        **dtypes, **run_options(m))
+
+
+def abstract_params(model_config: ModelConfig, mesh):
+    """The param tree as ShapeDtypeStructs carrying the shardings the trainer gives them: a restore
+    target, or what a run resumed from its own checkpoint needs instead of the weights."""
+    abstract = _abstract_params(model_config)
+    shardings = sharding.param_shardings(mesh, abstract)
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, shardings)
+
+
 def from_config(config, tokenizer, mesh) -> tuple[ModelConfig, dict]:
     """The run's model: `model.path` (a HF directory or a .gguf) loaded sharded on `mesh`, or, with
     no path, a seeded random init of the architecture in the `model` section (vocabulary: the
     tokenizer's size unless `model.vocab_size` says more). Weights in `model.param_dtype`, compute
     in `model.dtype`."""
     m = config.model
+    mc = model_config_from_config(config, tokenizer)  # config errors before any weight is read
     if m.path:
         path = pathlib.Path(m.path)
-        if not path.exists():
-            raise ConfigError(f"config key `model.path`: {m.path!r} does not exist")
         dtypes = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh)
-        mc, params = load_gguf(path, **dtypes) if path.suffix == ".gguf" else load_hf(path, **dtypes)
-        return dataclasses.replace(mc, **run_options(m)), params
-    vocab = m.vocab_size or len(tokenizer)
-    if vocab < len(tokenizer):
-        raise ConfigError(f"config key `model.vocab_size` = {vocab} is smaller than the tokenizer's "
-                          f"{len(tokenizer)} tokens")
-    mc = ModelConfig(
-        vocab_size=vocab, hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, intermediate_size=m.intermediate_size,
-        rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_eps, tie_embeddings=m.tie_embeddings,
-        attention_bias=m.attention_bias, qk_norm=m.qk_norm, max_position_embeddings=m.max_position_embeddings, dtype=m.dtype,
-        param_dtype=m.param_dtype, **run_options(m))
+        _, params = load_gguf(path, **dtypes) if path.suffix == ".gguf" else load_hf(path, **dtypes)
+        return mc, params
     return mc, sharding.init_params_sharded(mc, jax.random.key(config.train.seed), mesh)

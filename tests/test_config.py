@@ -192,3 +192,42 @@ def test_distributed_flags_are_checked(monkeypatch):
     monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
     with pytest.raises(ConfigError, match=r"--num_processes \(or JAX_NUM_PROCESSES\) must be an integer, got 'two'"):
         train.initialize_distributed(["--config", "x.py"])
+
+
+def test_bf16_master_weights_are_refused_for_training_unless_asked_for():
+    # Adam at lr 1e-6 on bf16 weights of scale 0.02 loses ~98 % of its updates: a run that would
+    # silently learn almost nothing. Inference-only configs and an explicit override still pass.
+    with pytest.raises(ConfigError, match="model.param_dtype"):
+        validate(apply_overrides(Config(), ["model.param_dtype=bfloat16"]))
+    with pytest.raises(ConfigError, match="model.param_dtype"):
+        validate(apply_overrides(Config(), ["model.param_dtype=bfloat16", "train.steps=0", "sft.steps=5"]))
+    validate(apply_overrides(Config(), ["model.param_dtype=bfloat16", "train.steps=0"]))
+    validate(apply_overrides(Config(), ["model.param_dtype=bfloat16", "model.allow_bf16_params=true"]))
+
+
+def test_prompt_plus_completion_longer_than_the_model_is_refused(tmp_path):
+    # A random-init model: its model section. A checkpoint: its config.json, read before any weight
+    # (this directory has no weights at all, and the error is still the length one).
+    import string
+
+    from grpo_jax import build
+    from grpo_jax import tokenizer as tok_lib
+
+    model = tmp_path / "model"
+    tok_lib.char_tokenizer(string.digits + string.ascii_letters + " ?+").save_pretrained(model)
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "vocab_size": 128, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 96,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": True}))
+    c = apply_overrides(Config(), [f"model.path={model}", "mesh.data=1", "train.eval_batch_size=8",
+                                   "sampling.max_prompt_length=64", "sampling.max_new_tokens=64"])
+    with pytest.raises(ConfigError, match=r"max_prompt_length.*max_new_tokens.*128 exceed the model's 96 positions"):
+        build.setup(c, tmp_path / "run")
+    lengths = ["mesh.data=1", "train.eval_batch_size=8", "sampling.max_prompt_length=64", "sampling.max_new_tokens=64"]
+    with pytest.raises(ConfigError, match=r"128 exceed the model's 100 positions \(model.max_position_embeddings\)"):
+        build.setup(apply_overrides(Config(), ["model.max_position_embeddings=100", *lengths]), tmp_path / "run")
+    from grpo_jax.model import ModelConfig
+
+    fits = ModelConfig(vocab_size=8, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8,
+                       intermediate_size=8, max_position_embeddings=128)
+    build.check_context_length(apply_overrides(Config(), lengths), fits)  # 64 + 64 = 128: fits exactly
