@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core of the 2-core CI machine (compiles dominate the suite; the
+# workers share one compilation cache, see tests/conftest.py). PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install train test clean
 
@@ -27,7 +30,7 @@ train: install
 	$(BIN)/python -m grpo_jax.train --config experiments/quickstart.py --workdir $(WORKDIR)
 
 test: install
-	$(BIN)/python -m pytest -m 'not gpu' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not gpu' -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,8 +14,29 @@ _FLAGS = (
     "--xla_cpu_collective_call_warn_stuck_timeout_seconds=5",
     "--xla_cpu_collective_call_terminate_timeout_seconds=8",
 )
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FLAGS]).strip()
+_inherited = os.environ.get("XLA_FLAGS", "").split()  # pytest-xdist workers inherit ours: add once
+os.environ["XLA_FLAGS"] = " ".join([*_inherited, *(f for f in _FLAGS if f not in _inherited)])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache per test session, in a fresh temporary folder: an identical
+# program (same HLO, flags and devices; the tests build many) compiles once, whichever test, xdist
+# worker or child process (`python -m grpo_jax.train` in a subprocess inherits the environment) asks
+# first. The pytest process that creates the folder sets the variable its xdist workers inherit, and
+# removes the folder at exit. What a test sees is unchanged: in-memory jit caches (which the
+# compile-counting tests read) still trace and count as before; only XLA's compile is skipped.
+# A size limit turns on jax's file lock, so two workers never read an entry while it is written.
+_CACHE_VAR = "GRPO_JAX_TEST_COMPILATION_CACHE"
+if _CACHE_VAR not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ[_CACHE_VAR] = tempfile.mkdtemp(prefix="grpo_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ[_CACHE_VAR], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_VAR]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(16 << 30)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
