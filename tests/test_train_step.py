@@ -163,7 +163,7 @@ def _manual_updates(params, batch, opt, *, K, beta=0.04, ref=None, epsilon=0.2, 
     refs = logps_of(ref, batch) if ref is not None else None
     opt_state = opt.init(params)
     for k in range(K):
-        part = ts.Batch(*(x[k::K] for x in batch))
+        part = ts.Batch(*(None if x is None else x[k::K] for x in batch))
 
         def loss(p):
             return grpo_loss(logps_of(p, part), old[k::K], None if refs is None else refs[k::K],
