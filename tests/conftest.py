@@ -24,7 +24,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # first. The pytest process that creates the folder sets the variable its xdist workers inherit, and
 # removes the folder at exit. What a test sees is unchanged: in-memory jit caches (which the
 # compile-counting tests read) still trace and count as before; only XLA's compile is skipped.
-# A size limit turns on jax's file lock, so two workers never read an entry while it is written.
+# No size limit (-1): with one, every write takes jax's file lock and stats and reads every entry of
+# the folder to decide what to evict, which grew to ~0.3 s per compile by the end of the suite (one
+# test's 400 small compiles: 145 s instead of 29 s) and serialised the workers. Without the lock two
+# workers may write the same entry at once (the same bytes), and a reader that meets a half-written
+# one gets jax's "Error reading persistent compilation cache entry" warning and compiles it again.
 _CACHE_VAR = "GRPO_JAX_TEST_COMPILATION_CACHE"
 if _CACHE_VAR not in os.environ:
     import atexit
@@ -36,7 +40,7 @@ if _CACHE_VAR not in os.environ:
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_VAR]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(16 << 30)
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = "-1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
