@@ -16,6 +16,18 @@ data load and counted), 20,480 new tokens.
     python -m grpo_jax.train --config experiments/dapo.py --workdir runs/dapo \
         --config.task.name=gsm8k --config.task.data_path=PATH/gsm8k --config.model.path=HF_DIR
 
+At scale, planned with Qwen2.5-7B (full fine-tune; $QWEN2_5_7B is the architecture, README "Will
+it fit?"):
+
+    python -m grpo_jax.plan --config experiments/dapo.py --topology v5p-8 $QWEN2_5_7B
+
+    FITS on a TPU v5p-8 (4 chips, 93.5 GiB usable each): 76.8 GiB per chip. Train step: arguments
+    21.6 (f32 weights 7.1 + Adam 14.2) + temporaries 55.1, M = 64 (2 rows of 22,528 tokens per chip
+    per microbatch); sampler: 128 rows per call (192 calls per dynamic-sampling round of 1,536 x 16
+    rows; the round at once would need 32 TB of KV cache): 50.2 + resident 14.2 = 64.4. FLOPs per
+    step 2.33e19 with one sampling round (9.6e18; each further round adds as much). Compile
+    533 + 350 s (libtpu 0.0.42.1, 2-core CPU VM, 2026-12-03).
+
 Pinned by tests/test_presets.py, which also runs it for 2 steps on a tiny Qwen2 checkpoint.
 """
 from grpo_jax.config import Config
@@ -38,4 +50,15 @@ def get_config() -> Config:
     c.sampling.max_new_tokens = 20480
     c.rewards.weights["overlong"] = 1.0
     c.rewards.overlong_cache = 4096
+    # At scale (the plan in the docstring): f32 master weights and Adam state sharded over every chip
+    # (FSDP), bf16 compute, layers under one scan with full remat, the backend's attention kernel
+    # (splash on TPU: no [rows, H, L, L] scores), tensor-parallel sampler weights, rollouts in chunks.
+    c.model.dtype = "bfloat16"
+    c.model.scan_layers = True
+    c.model.remat = "full"
+    c.model.attention = "auto"
+    c.mesh.data, c.mesh.fsdp = 1, -1
+    c.sampling.weight_layout = "tensor"
+    c.sampling.batch_size = 128
+    c.train.num_minibatches = 64
     return c

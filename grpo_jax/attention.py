@@ -62,8 +62,25 @@ impl "splash" (TPU): the Pallas splash-attention kernel
     shard_map, the TPU lowering fails: "Mosaic kernels cannot be automatically partitioned. Please
     wrap the call in a shard_map."). So under an abstract mesh with the trainer's ("data", "fsdp")
     axes (`sharding.under_mesh`, as `model.batch_sharded` reads it), the kernel runs under
-    jax.shard_map with the batch split over both axes, one shard per device; the batch must divide
-    over them. Outside such a mesh the inputs must be on one device (or replicated).
+    jax.shard_map with the batch split over both axes, one shard per device; a batch that does not
+    divide over them is padded with all-pad rows (cut off after). Outside such a mesh the inputs
+    must be on one device (or replicated).
+
+    attend_after_prefix(impl, q, k, v, key_mask) -> [B, T, H*hd]
+
+the completions of the shared-prefix forward (`model.grouped_hidden_states`): T queries that come
+after a left-padded prompt of P slots, over its S = P + T keys (the group's prompt keys, then the
+completion's own):
+
+    query t (key index P + t) sees key j   iff   j <= P + t and key_mask[b, j] == 1
+
+splash only (cuDNN's padding masks describe right padding of one sequence; the prompt's pads sit in
+the middle of these keys). The same kernel with a rectangular mask: CausalMask((Tp, Pp + Tp),
+offset=Pp), the prompt left-padded from P to Pp = ceil(P / 128) * 128 slots and the completion
+right-padded from T to Tp (all padding segment 0: no real query sees it), each query in the
+segment of its own key (real: 1; a padded query, or a row of an all-pad batch row, sees pad keys,
+at least itself: no empty softmax row; its output is cut off). The kernel skips the tiles that lie
+wholly above the shifted diagonal.
 """
 import functools
 
@@ -98,7 +115,7 @@ def attend(impl: str, q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: 
     elif impl == "dot_product_xla":
         out = _rolled_dot_product(q, k, v, attention_mask, "xla")
     elif impl == "splash":
-        out = _splash_sharded(q, k, v, attention_mask, interpret)
+        out = _sharded(functools.partial(_splash, interpret=interpret), q, k, v, attention_mask)
     else:
         raise ValueError(f"attend: impl={impl!r}: expected one of {IMPLS}")
     return out.reshape(b, l, h * hd)
@@ -131,17 +148,18 @@ def _splash_block(length: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _splash_kernel(heads: int, length: int, interpret: bool):
-    """The splash kernel for `heads` query heads over a causal [length, length] mask (length a
-    multiple of SPLASH_LANES). Cached: building it processes the mask block by block in numpy, and
-    the model calls it once per layer with the same shapes. Built under ensure_compile_time_eval
-    so that its mask tables are concrete arrays (constants of any program that uses them), never
-    tracers of the first trace that asked for it."""
-    bs = _splash_block(length)
-    blocks = splash.BlockSizes(block_q=bs, block_kv=bs, block_kv_compute=bs,
-                               block_q_dkv=bs, block_kv_dkv=bs, block_kv_dkv_compute=bs,
-                               block_q_dq=bs, block_kv_dq=bs)  # backward blocks set: differentiable
-    mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * heads)
+def _splash_kernel(heads: int, q_length: int, kv_length: int, offset: int, interpret: bool):
+    """The splash kernel for `heads` query heads over a causal [q_length, kv_length] mask whose query
+    i sits at key index i + offset (both lengths multiples of SPLASH_LANES; square with offset 0 for
+    `attend`). Cached: building it processes the mask block by block in numpy, and the model calls it
+    once per layer with the same shapes. Built under ensure_compile_time_eval so that its mask
+    tables are concrete arrays (constants of any program that uses them), never tracers of the
+    first trace that asked for it."""
+    bq, bkv = _splash_block(q_length), _splash_block(kv_length)
+    blocks = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
+                               block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
+                               block_q_dq=bq, block_kv_dq=bkv)  # backward blocks set: differentiable
+    mask = splash.MultiHeadMask([splash.CausalMask((q_length, kv_length), offset=offset)] * heads)
     with jax.ensure_compile_time_eval():
         return splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
                                       interpret=interpret)
@@ -157,21 +175,61 @@ def _splash(q, k, v, attention_mask, interpret: bool) -> jax.Array:
     q = (q.astype(jnp.float32) * hd ** -0.5).astype(dtype)
     q, k, v = (jnp.pad(x.transpose(0, 2, 1, 3), pad) for x in (q, k, v))
     segments = jnp.pad(attention_mask.astype(jnp.int32) != 0, ((0, 0), (0, lp - l))).astype(jnp.int32)
-    kernel = _splash_kernel(h, lp, interpret)
+    kernel = _splash_kernel(h, lp, lp, 0, interpret)
     out = jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(q=segments, kv=segments))  # [B, H, Lp, hd]
     return out[:, :, :l].transpose(0, 2, 1, 3).astype(dtype)
 
 
-def _splash_sharded(q, k, v, attention_mask, interpret: bool) -> jax.Array:
-    """`_splash`, under shard_map over the batch axes when tracing under the trainer's mesh."""
+def attend_after_prefix(impl: str, q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, *,
+                        interpret: bool = False) -> jax.Array:
+    """q [B, T, H, hd] after a prompt: k / v [B, S, KV, hd] hold the S - T prompt keys then the T
+    queries' own; key_mask [B, S] 1 on real keys -> [B, T, H*hd] in q's dtype (module docstring).
+    impl: "splash" (interpret: the Pallas interpreter)."""
+    b, t, h, hd = q.shape
+    s = k.shape[1]
+    if k.shape[0] != b or s < t or k.shape[3] != hd or v.shape != k.shape or h % k.shape[2]:
+        raise ValueError(f"attend_after_prefix: q {q.shape} must be [B, T, H, hd] and k, v {k.shape}, "
+                         f"{v.shape} [B, S >= T, KV, hd] with H a multiple of KV")
+    if key_mask.shape != (b, s):
+        raise ValueError(f"attend_after_prefix: key_mask {key_mask.shape} must be [B, S] = {(b, s)}")
+    if impl != "splash":
+        raise ValueError(f"attend_after_prefix: impl={impl!r}: only 'splash' takes a prompt's keys before "
+                         f"the queries (cuDNN's masks describe right padding of one sequence)")
+    out = _sharded(functools.partial(_splash_after_prefix, interpret=interpret), q, k, v, key_mask)
+    return out.reshape(b, t, h * hd)
+
+
+def _splash_after_prefix(q, k, v, key_mask, interpret: bool) -> jax.Array:
+    """The splash kernel, queries after a prompt, on (a shard of) the batch -> [B, T, H, hd]."""
+    b, t, h, hd = q.shape
+    p = k.shape[1] - t
+    dtype = q.dtype
+    tp = -(-t // SPLASH_LANES) * SPLASH_LANES  # the completion rounded up to the kernel's tile ...
+    pp = -(-p // SPLASH_LANES) * SPLASH_LANES  # ... and the prompt too, by more left padding
+    q = (q.astype(jnp.float32) * hd ** -0.5).astype(dtype)  # the kernel does not scale
+    q = jnp.pad(q.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, tp - t), (0, 0)))  # [B, H, Tp, hd]
+    kv_pad = ((0, 0), (0, 0), (pp - p, tp - t), (0, 0))
+    k, v = (jnp.pad(x.transpose(0, 2, 1, 3), kv_pad) for x in (k, v))  # [B, KV, Pp + Tp, hd]
+    kv_segments = jnp.pad(key_mask.astype(jnp.int32) != 0, ((0, 0), (pp - p, tp - t))).astype(jnp.int32)
+    q_segments = kv_segments[:, pp:]  # a query's segment is its own key's: pad rows see pad keys only
+    kernel = _splash_kernel(h, tp, pp + tp, pp, interpret)
+    out = jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(q=q_segments, kv=kv_segments))
+    return out[:, :, :t].transpose(0, 2, 1, 3).astype(dtype)  # [B, T, H, hd]
+
+
+def _sharded(fn, *arrays) -> jax.Array:
+    """fn(*arrays) (each [B, ...]), under shard_map over the batch axes when tracing under the
+    trainer's mesh: a Mosaic kernel cannot be partitioned by XLA. A batch that does not divide over
+    the devices (e.g. the B prompts of a shared-prefix chunk) is padded with zero rows, all-pad
+    sequences whose outputs are finite (no empty softmax row) and cut off."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(_BATCH_AXES) <= set(mesh.axis_names):
-        return _splash(q, k, v, attention_mask, interpret)
+        return fn(*arrays)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if q.shape[0] % shards:
-        raise ValueError(f"attention='splash': batch {q.shape[0]} must divide over the {shards} devices "
-                         f"of the mesh's {_BATCH_AXES} axes")
+    b = arrays[0].shape[0]
+    extra = -b % shards
+    if extra:
+        arrays = [jnp.pad(x, ((0, extra),) + ((0, 0),) * (x.ndim - 1)) for x in arrays]
     spec = jax.sharding.PartitionSpec(_BATCH_AXES)  # dim 0 over both axes, the rest replicated
-    return jax.shard_map(functools.partial(_splash, interpret=interpret), mesh=mesh,
-                         in_specs=(spec, spec, spec, spec), out_specs=spec, check_vma=False)(
-        q, k, v, attention_mask)
+    out = jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(arrays), out_specs=spec, check_vma=False)(*arrays)
+    return out[:b]

@@ -117,7 +117,8 @@ def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False, load_weigh
     resuming from its own checkpoint): the weights at model.path are not read at all, `params` is
     None, and the trainer restores everything from the checkpoint; a LoRA run still loads its base,
     which checkpoints do not hold."""
-    cfg_lib.validate(config, num_devices=jax.device_count())
+    # The platform too: an attention kernel of another backend is refused here, not deep in a compile.
+    cfg_lib.validate(config, num_devices=jax.device_count(), platform=jax.default_backend())
     workdir = pathlib.Path(workdir)
     data, fsdp = cfg_lib.mesh_shape(config, jax.device_count())
     mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=jax.devices()[: data * fsdp])

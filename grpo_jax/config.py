@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import pathlib
 import types
 import typing
@@ -26,7 +27,7 @@ from grpo_jax import ConfigError  # noqa: F401  (raised here; re-exported as con
 # Each set of allowed values lives once, in the module that implements it.
 from grpo_jax.advantages import SCALES as SCALE_REWARDS
 from grpo_jax.losses import IMPORTANCE_LEVELS, LOSS_TYPES
-from grpo_jax.model import ATTENTION_IMPLS, DTYPES, LORA_TARGETS, REMAT_POLICIES
+from grpo_jax.model import ATTENTION_BACKENDS, ATTENTION_CHOICES, DTYPES, LORA_TARGETS, REMAT_POLICIES
 from grpo_jax.rewards import BUILTIN_REWARDS
 from grpo_jax.rewards import STYLES as PROMPT_STYLES
 from grpo_jax.sampling import WEIGHT_LAYOUTS
@@ -64,8 +65,10 @@ class ModelSection:
     # scan_layers runs the layers under one lax.scan (one compiled layer instead of num_layers: use
     # it for real models; the unrolled default is faster on CPU for small ones); remat is what each
     # layer keeps for the backward: none | full | dots | dots_with_batch (grpo_jax.model.REMAT_POLICIES);
-    # attention: xla (CPU and anywhere) | cudnn (NVIDIA flash attention) | splash (TPU Pallas kernel) |
-    # splash_interpret (that kernel in the Pallas interpreter: slow, for checking it on CPU).
+    # attention: xla (CPU and anywhere; [rows, H, L, L] f32 scores) | cudnn (NVIDIA flash attention,
+    # bf16) | splash (TPU Pallas kernel) | auto (splash on TPU, cudnn on a GPU in bf16, else xla) |
+    # splash_interpret (the kernel in the Pallas interpreter: slow, for checking it on CPU). A kernel
+    # on another backend than its own is refused before any work.
     scan_layers: bool = False
     remat: str = "none"
     attention: str = "xla"
@@ -178,6 +181,11 @@ class SamplingSection:
     # weights per chip; small activation collectives in each decode step). tensor fits models whose
     # replicated weights would not fit beside the KV cache (a 7B model in bf16 on 16 GiB chips).
     weight_layout: str = "replicated"
+    # Rows per sampler call, whole groups of grpo.group_size: a step's B * G rows (with DAPO dynamic
+    # sampling each round's ceil(B * factor) * G) are sampled in chunks of this many, one compiled
+    # sampler reused for each (chunk i draws with fold_in(key, i)), so the KV cache holds one chunk.
+    # 0 = all rows in one call (with the step's key itself, as before chunks existed).
+    batch_size: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -211,7 +219,8 @@ class TrainSection:
     # Shared-prefix update (model.grouped_hidden_states, "Prefix Grouper"): the update's policy /
     # reference forwards encode each prompt once per group instead of G times; same numbers to
     # round-off. Shares G / (steps_per_generation * num_minibatches) rows per prompt in each chunk,
-    # nothing when that product does not divide grpo.group_size. Needs model.attention=xla.
+    # nothing when that product does not divide grpo.group_size, nor with model.attention=cudnn
+    # (cuDNN's masks cannot express a group's prompt keys; xla and splash share).
     shared_prefix: bool = True
     seed: int = 0
     log_every: int = 1
@@ -444,8 +453,23 @@ def mesh_shape(config: Config, num_devices: int) -> tuple[int, int]:
     return data, fsdp
 
 
-def validate(config: Config, *, num_devices: int | None = None) -> Config:
-    """Raises ConfigError naming the first bad key. With `num_devices`, checks the mesh too."""
+def sampler_rows(config: Config) -> int:
+    """Rows of each sampler call of a GRPO step (the whole batch; `sampling.batch_size` chunks it):
+    B * G, or with DAPO dynamic sampling ceil(B * factor) * G per round (rollout.collect)."""
+    b, g = config.train.prompts_per_step, config.grpo
+    prompts = math.ceil(b * g.dynamic_sampling_factor) if g.dynamic_sampling else b
+    return prompts * g.group_size
+
+
+def sampler_chunk_rows(config: Config) -> int:
+    """Rows of one sampler program: sampling.batch_size, or 0 = every row of a call at once."""
+    return config.sampling.batch_size or sampler_rows(config)
+
+
+def validate(config: Config, *, num_devices: int | None = None, platform: str | None = None) -> Config:
+    """Raises ConfigError naming the first bad key. With `num_devices`, checks the mesh too; with
+    `platform` (the backend the run compiles for: jax.default_backend(), or a plan's target), that
+    model.attention's kernel runs there."""
     for section in dataclasses.fields(config):
         sec = getattr(config, section.name)
         for name, tp in _field_types(sec).items():
@@ -461,12 +485,14 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
            "~98 % of them, so the run would silently learn almost nothing (model.dtype=bfloat16 gives bf16 "
            "compute over f32 master weights; set model.allow_bf16_params=true to train bf16 weights anyway)")
     _check(m.remat in REMAT_POLICIES, "model.remat", m.remat, f"one of {tuple(REMAT_POLICIES)}")
-    _check(m.attention in ATTENTION_IMPLS, "model.attention", m.attention, f"one of {ATTENTION_IMPLS}")
+    _check(m.attention in ATTENTION_CHOICES, "model.attention", m.attention, f"one of {ATTENTION_CHOICES}")
     _check(m.attention != "cudnn" or m.dtype == "bfloat16", "model.attention", m.attention,
            "cudnn only with model.dtype=bfloat16 (cuDNN flash attention takes no float32)")
-    _check(not config.train.shared_prefix or m.attention == "xla", "train.shared_prefix",
-           config.train.shared_prefix, "false unless model.attention=xla (the shared-prefix forward "
-           "has no cudnn / splash kernel)")
+    if platform is not None and m.attention in ATTENTION_BACKENDS:
+        _check(platform in ATTENTION_BACKENDS[m.attention], "model.attention", m.attention,
+               f"a kernel of this run's backend: {m.attention} runs on {'/'.join(ATTENTION_BACKENDS[m.attention])} "
+               f"only, and this run compiles for {platform} (use auto, xla, or splash_interpret to check "
+               f"the splash kernel on CPU)")
     _check(m.lora_rank >= 0, "model.lora_rank", m.lora_rank, ">= 0 (0 = full fine-tuning)")
     _check(m.lora_alpha > 0, "model.lora_alpha", m.lora_alpha, "> 0")
     targets = [x.strip() for x in m.lora_targets.split(",") if x.strip()]
@@ -534,6 +560,15 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
     _check(s.max_prompt_length >= 1, "sampling.max_prompt_length", s.max_prompt_length, ">= 1")
     _check(s.weight_layout in WEIGHT_LAYOUTS, "sampling.weight_layout", s.weight_layout,
            f"one of {WEIGHT_LAYOUTS}")
+    _check(s.batch_size >= 0, "sampling.batch_size", s.batch_size, ">= 0 (0 = all rows in one sampler call)")
+    _check(s.batch_size % g.group_size == 0, "sampling.batch_size", s.batch_size,
+           f"whole groups: a multiple of grpo.group_size = {g.group_size} (each prompt is prefilled once "
+           f"for its G rows)")
+    _check(s.batch_size == 0 or sampler_rows(config) % s.batch_size == 0, "sampling.batch_size", s.batch_size,
+           f"a divisor of the {sampler_rows(config)} rows of each sampler call "
+           + ("(ceil(train.prompts_per_step * grpo.dynamic_sampling_factor) * grpo.group_size: one "
+              "dynamic-sampling round)" if g.dynamic_sampling else "(train.prompts_per_step * grpo.group_size)")
+           + ": one compiled sampler for every chunk")
     _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
     _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {SCHEDULES}")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
@@ -586,6 +621,8 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
                    g.dynamic_sampling_factor,
                    f"such that ceil(train.prompts_per_step * factor) * grpo.group_size = "
                    f"{int(per_round)} * {g.group_size} is divisible by the mesh's {shards} devices")
+        _check(s.batch_size % shards == 0, "sampling.batch_size", s.batch_size,
+               f"divisible by the mesh's {shards} devices (each chunk's rows are split over them)")
         _check(sft.batch_size % shards == 0, "sft.batch_size", sft.batch_size,
                f"divisible by the mesh's {shards} devices")
         _check(tr.eval_batch_size % shards == 0, "train.eval_batch_size", tr.eval_batch_size,
@@ -596,7 +633,7 @@ def validate(config: Config, *, num_devices: int | None = None) -> Config:
 # Allowed values of the keys that take one of a fixed set (for --help; validate checks the same sets).
 CHOICES = {
     "model.dtype": DTYPES, "model.param_dtype": DTYPES, "model.remat": tuple(REMAT_POLICIES),
-    "model.attention": ATTENTION_IMPLS,
+    "model.attention": ATTENTION_CHOICES,
     "task.name": tuple(BUILTIN_TASKS) + ("package.module:function",),
     "task.source": SOURCES, "task.prompt_style": PROMPT_STYLES, "task.working": WORKINGS,
     "task.answer_format": ANSWER_FORMATS,

@@ -108,6 +108,33 @@ REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable
 #   splash: the Pallas splash-attention kernel (TPU)
 #   splash_interpret: the same kernel run by the Pallas interpreter (any backend, slow: tests on CPU)
 ATTENTION_IMPLS = ("xla", "cudnn", "splash", "splash_interpret")
+# The config's model.attention also takes "auto": the kernel of the run's backend (`resolve_attention`).
+ATTENTION_CHOICES = ATTENTION_IMPLS + ("auto",)
+# Kernels compiled for one backend only (jax platform names: jax.default_backend(), or the platform a
+# plan compiles for). Anywhere else they fail deep inside the first compile, so the config refuses them.
+ATTENTION_BACKENDS = {"cudnn": ("gpu", "cuda"), "splash": ("tpu",)}
+
+
+def resolve_attention(name: str, *, platform: str, dtype: str) -> str:
+    """model.attention for a run on `platform`: "auto" is splash on TPU, cudnn on an NVIDIA GPU with
+    bfloat16 compute (cuDNN's flash attention takes no float32), and xla elsewhere (the CPU, and f32 on
+    GPU); a concrete name is returned as it is. Both kernels read the scores tile by tile, never as
+    [rows, H, L, L] f32: the only way long completions (R1's 32k tokens) fit."""
+    if name != "auto":
+        return name
+    if platform == "tpu":
+        return "splash"
+    if platform in ATTENTION_BACKENDS["cudnn"] and dtype == "bfloat16":
+        return "cudnn"
+    return "xla"
+
+
+def shares_prefix(config) -> bool:
+    """Can the training forward encode each prompt once per group (`grouped_hidden_states`)? Our XLA
+    attention and splash take its mask (a group's prompt keys, then causal completion keys); cuDNN's
+    padding masks cannot express it, so with cudnn every row is scored whole (train.shared_prefix is
+    then a no-op). Protocol models are always scored whole (scoring.completion_scores)."""
+    return not is_module_model(config) and config.attention != "cudnn"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -591,12 +618,14 @@ def grouped_hidden_states(config: ModelConfig, params: dict, prompt_tokens: jax.
     So the prompt's projections, MLP and self-attention run on B rows instead of N, and the backward
     sums the G completions' gradients into the one prompt stream (the gradient of the repeat).
     Honours config.scan_layers / config.remat like `hidden_states` (the layer carries both streams).
-    Only the "xla" attention: the accelerator kernels take one [B, L] padding mask, not the
-    completions' [N, T, P + T] one, so config.attention != "xla" raises.
+    Attention: ours ("xla", over explicit [B, P, P] / [N, T, P + T] masks) or the splash kernel
+    (`attention.attend` for the prompts, `attention.attend_after_prefix` for the completions, from the
+    [B, P] / [N, P + T] padding masks: no mask or score of size T x (P + T) is built); cuDNN's padding
+    masks cannot express the completions' keys (`shares_prefix`), so "cudnn" raises.
     """
-    if config.attention != "xla":
+    if not shares_prefix(config):
         raise ValueError(f"grouped_hidden_states (shared-prefix scoring, train.shared_prefix) needs "
-                         f"model.attention='xla', got {config.attention!r}")
+                         f"model.attention xla or splash, got {config.attention!r}")
     b, p = prompt_tokens.shape
     n, t = completion_tokens.shape
     g = int(group_size)
@@ -606,13 +635,17 @@ def grouped_hidden_states(config: ModelConfig, params: dict, prompt_tokens: jax.
     prompt_mask = prompt_mask.astype(jnp.int32)
     real = prompt_mask.astype(bool)
     prompt_positions = positions_from_mask(prompt_mask)  # [B, P]
-    prompt_attn = jnp.tril(jnp.ones((p, p), bool))[None] & real[:, None, :]  # [B, P, P]
     # Completion token t sits at position len(prompt) + t (cumsum of concat(prompt_mask, ones) - 1).
     lengths = jnp.repeat(prompt_mask.sum(-1), g)  # [N]
     completion_positions = lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None]  # [N, T]
-    completion_attn = jnp.concatenate(  # [N, T, P + T]: the group's real prompt keys, then causal
-        [jnp.broadcast_to(jnp.repeat(real, g, axis=0)[:, None, :], (n, t, p)),
-         jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool))[None], (n, t, t))], axis=-1)
+    if config.attention == "xla":
+        prompt_attn = jnp.tril(jnp.ones((p, p), bool))[None] & real[:, None, :]  # [B, P, P]
+        completion_attn = jnp.concatenate(  # [N, T, P + T]: the group's real prompt keys, then causal
+            [jnp.broadcast_to(jnp.repeat(real, g, axis=0)[:, None, :], (n, t, p)),
+             jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool))[None], (n, t, t))], axis=-1)
+    else:  # the kernel's padding masks: [B, P] and [N, P + T] (the group's prompt, then the completion)
+        prompt_attn = prompt_mask
+        completion_attn = jnp.concatenate([jnp.repeat(prompt_mask, g, axis=0), jnp.ones((n, t), jnp.int32)], 1)
     embedding = params["embed_tokens"]["embedding"]
     xs = (batch_sharded(_cast(embedding[prompt_tokens], dtype)),  # [B, P, D]
           batch_sharded(_cast(embedding[completion_tokens], dtype)))  # [N, T, D]
@@ -625,17 +658,27 @@ def grouped_hidden_states(config: ModelConfig, params: dict, prompt_tokens: jax.
 
 def _grouped_block(config: ModelConfig, p: dict, xp, xc, prompt_positions, completion_positions, prompt_attn,
                    completion_attn, group_size: int):
-    """One decoder layer of `grouped_hidden_states`: prompts xp [B, P, D], completions xc [N, T, D]."""
+    """One decoder layer of `grouped_hidden_states`: prompts xp [B, P, D], completions xc [N, T, D].
+    prompt_attn / completion_attn: bool [B, P, P] / [N, T, P + T] for "xla"; for the splash kernel
+    the padding masks [B, P] / [N, P + T]."""
     dtype = jnp.dtype(config.dtype)
     ls = config.lora_alpha / max(config.lora_rank, 1)
     o_proj = p["self_attn"]["o_proj"]
     qp, kp, vp = _qkv(config, p, xp, prompt_positions)  # [B, P, ...]
     qc, kc, vc = _qkv(config, p, xc, completion_positions)  # [N, T, ...]
-    kp, vp, kc, vc = (x.transpose(0, 2, 1, 3) for x in (kp, vp, kc, vc))  # [., KV, L, hd]
-    out_p = _attention(config, qp, kp, vp, prompt_attn)  # [B, P, H*hd]
-    k = jnp.concatenate([jnp.repeat(kp, group_size, axis=0), kc], axis=2)  # [N, KV, P + T, hd]
-    v = jnp.concatenate([jnp.repeat(vp, group_size, axis=0), vc], axis=2)
-    out_c = _attention(config, qc, k, v, completion_attn)  # [N, T, H*hd]
+    if config.attention != "xla":  # splash (shares_prefix): the kernel's [., L, heads, hd] layout
+        from grpo_jax import attention as attention_lib  # Pallas imports only when asked for
+        interpret = config.attention == "splash_interpret"
+        out_p = attention_lib.attend("splash", qp, kp, vp, prompt_attn, interpret=interpret)  # [B, P, H*hd]
+        k = jnp.concatenate([jnp.repeat(kp, group_size, axis=0), kc], axis=1)  # [N, P + T, KV, hd]
+        v = jnp.concatenate([jnp.repeat(vp, group_size, axis=0), vc], axis=1)
+        out_c = attention_lib.attend_after_prefix("splash", qc, k, v, completion_attn, interpret=interpret)
+    else:
+        kp, vp, kc, vc = (x.transpose(0, 2, 1, 3) for x in (kp, vp, kc, vc))  # [., KV, L, hd]
+        out_p = _attention(config, qp, kp, vp, prompt_attn)  # [B, P, H*hd]
+        k = jnp.concatenate([jnp.repeat(kp, group_size, axis=0), kc], axis=2)  # [N, KV, P + T, hd]
+        v = jnp.concatenate([jnp.repeat(vp, group_size, axis=0), vc], axis=2)
+        out_c = _attention(config, qc, k, v, completion_attn)  # [N, T, H*hd]
     xp = _mlp_residual(config, p, xp + _linear(o_proj, out_p, dtype, ls), dtype, ls)
     xc = _mlp_residual(config, p, xc + _linear(o_proj, out_c, dtype, ls), dtype, ls)
     return xp, xc

@@ -5,14 +5,19 @@ Compiles the run's train step and sampler ahead of time for a TPU topology, from
 own backend (`--topology cpu`). Nothing is allocated and no weight is read: the parameters, the
 optimizer state, the reference and the batch are `jax.ShapeDtypeStruct`s carrying the shardings the
 trainer gives them (`sharding.param_shardings`, `train_step.state_shardings`, `batch_sharding`), and
-a `model.path` contributes only its config.json.
+a `model.path` contributes only its architecture (a HF directory's config.json, a GGUF's header).
+It plans what the target compiles: model.attention "auto" is the target's kernel (splash on TPU),
+and a kernel of another backend is refused (`config.validate(platform=...)`).
 
 Printed per chip (the numbers XLA's memory analysis gives for one device of the mesh):
     weights, optimizer state, reference, batch   analytic, from each array's shard shape
     train step    arguments + temporaries = peak (params, optimizer state, reference, batch in;
                   the state is donated, so the outputs reuse its buffers)
-    sampler       its peak with the weights in `sampling.weight_layout` (replicated: one full copy
-                  per chip; tensor: split over mesh.fsdp, see grpo_jax.sampling), plus what stays
+    sampler       one call over the rows it really samples at once: `sampling.batch_size` rows (the
+                  chunk), or all of a step's B*G rows, or with DAPO dynamic sampling one round's
+                  ceil(B * factor) * G; its peak with the weights in `sampling.weight_layout`
+                  (replicated: one full copy per chip; tensor: split over mesh.fsdp, see
+                  grpo_jax.sampling), plus what stays
                   resident while it runs (optimizer state, reference; with LoRA the base and the
                   adapters' state next to the merged params it samples with)
     per chip      max of the two phases, against the chip's usable HBM
@@ -24,7 +29,11 @@ Printed per chip (the numbers XLA's memory analysis gives for one device of the 
                   P+T (beta > 0), policy = 3 x that forward per pass (mu passes), plus one forward
                   for the old log-probs when train.steps_per_generation > 1
                   (benchmarks/grpo_step.py's formula); with train.shared_prefix those forwards run
-                  each prompt once per G / (K * M) rows.
+                  each prompt once per G / (K * M) rows. LoRA (model.lora_rank): the frozen weights
+                  get no weight gradient, so the backward is 1 x their forward (the activations'
+                  gradient) and 2 x for the attention scores and the adapters (2*rows*r*(in+out)
+                  per target, in every forward of the policy and the sampler, not the reference).
+                  Dynamic sampling: the sampler's rows are one round (at least one runs per step).
     remat         `.remat` instructions in the compiled HLO: near the limit the TPU compiler silently
                   recomputes tensors to fit (slower steps, no error).
     max B         the largest train.prompts_per_step that fits: an ESTIMATE from one compile (the
@@ -191,9 +200,10 @@ def model_config(config: cfg_lib.Config, tokenizer) -> model_lib.ModelConfig:
     lora = weights_lib.run_options(m)
     if m.path:
         path = pathlib.Path(m.path)
-        if path.suffix == ".gguf":
-            raise PlanError(f"model.path {m.path!r}: plan reads Hugging Face directories (config.json); "
-                            f"for a GGUF model give its architecture in the model section instead")
+        if path.suffix == ".gguf":  # the header holds the architecture; no tensor is read (memory-mapped)
+            import gguf
+            mc = weights_lib._gguf_config(gguf.GGUFReader(path), file=path, dtype=m.dtype, param_dtype=m.param_dtype)
+            return dataclasses.replace(mc, **lora)
         file = path / "config.json"
         if not file.is_file():
             raise cfg_lib.ConfigError(f"config key `model.path`: {str(file)!r} does not exist")
@@ -227,28 +237,61 @@ def layer_matmul_flops(c, rows: float) -> float:
     return 2.0 * rows * (d * (2 * c.num_heads * hd + 2 * c.num_kv_heads * hd) + 3 * d * f)
 
 
-def forward_flops(c, rows: float, ctx_sum: float, head_rows: float) -> float:
+def lora_matmul_flops(c, rows: float) -> float:
+    """One layer's LoRA adapters (x A then (x A) B on each target) over `rows` tokens."""
+    d, f, r = c.hidden_size, c.intermediate_size, c.lora_rank
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    sizes = {"q": d + q, "k": d + kv, "v": d + kv, "o": q + d, "gate": d + f, "up": d + f, "down": f + d}
+    return 2.0 * rows * r * sum(sizes[name] for name in c.lora_targets)
+
+
+def forward_parts(c, rows: float, ctx_sum: float, head_rows: float, *, adapters: bool = False) -> dict:
+    """One forward's FLOPs by kind: rows tokens through every layer (the weight matmuls), sum over tokens
+    of attention context ctx_sum (scores and their use), head_rows logits; with `adapters`, the LoRA
+    adapters' matmuls (c.lora_rank > 0)."""
+    return {"matmul": c.num_layers * layer_matmul_flops(c, rows),
+            "attention": c.num_layers * 4.0 * c.num_heads * c.head_dim * ctx_sum,
+            "head": 2.0 * head_rows * c.hidden_size * c.vocab_size,
+            "adapters": c.num_layers * lora_matmul_flops(c, rows) if adapters and c.lora_rank else 0.0}
+
+
+def forward_flops(c, rows: float, ctx_sum: float, head_rows: float, *, adapters: bool = False) -> float:
     """rows tokens through every layer, sum over tokens of attention context ctx_sum, head_rows logits
-    (also benchmarks/grpo_step.py's count)."""
-    attn = 4.0 * c.num_heads * c.head_dim * ctx_sum
-    return c.num_layers * (layer_matmul_flops(c, rows) + attn) + 2.0 * head_rows * c.hidden_size * c.vocab_size
+    (also benchmarks/grpo_step.py's count); `forward_parts` summed."""
+    return sum(forward_parts(c, rows, ctx_sum, head_rows, adapters=adapters).values())
+
+
+def backward_flops(parts: dict, *, lora: bool) -> float:
+    """The backward of a forward whose FLOPs are `parts` (`forward_parts`). Full fine-tuning: 2 x the
+    forward (each matmul's input gradient and its weight gradient; scores and values for attention).
+    LoRA: the frozen weights (layers, LM head) get no weight gradient, only the input gradient (1 x);
+    attention has no weights (2 x); the trained adapters 2 x."""
+    if not lora:
+        return 2.0 * sum(parts.values())
+    return parts["matmul"] + parts["head"] + 2.0 * (parts["attention"] + parts["adapters"])
 
 
 def step_flops(c: model_lib.ModelConfig, *, n: int, p: int, t: int, use_reference: bool,
                num_iterations: int = 1, steps_per_generation: int = 1, shared_group: int = 1,
-               prefill_group: int = 1) -> dict:
+               prefill_group: int = 1, sample_rows: int | None = None, lora: bool = False) -> dict:
     """Analytic FLOPs of one GRPO step over the padded shapes (module docstring). `shared_group` g > 1
     (train.shared_prefix): the update's forwards encode each prompt once per g rows. `prefill_group`
-    G: the sampler prefills each prompt once for its G rows (sampling.sample(group_size=G))."""
-    # The sampler prefills each prompt once (n / prefill_group rows), then decodes all n rows.
-    prefill = forward_flops(c, n * p / prefill_group, n / prefill_group * p * (p + 1) / 2, n / prefill_group)
-    decode = sum(forward_flops(c, n, n * (p + s), n) for s in range(1, t))
+    G: the sampler prefills each prompt once for its G rows (sampling.sample(group_size=G)).
+    `sample_rows`: rows the sampler decodes (default n; DAPO dynamic sampling: one round's).
+    `lora`: adapters (c.lora_rank) trained, the weights frozen; the reference is the base, adapters off."""
+    ns = n if sample_rows is None else sample_rows
+    # The sampler prefills each prompt once (ns / prefill_group rows), then decodes all ns rows.
+    prefill = forward_flops(c, ns * p / prefill_group, ns / prefill_group * p * (p + 1) / 2, ns / prefill_group,
+                            adapters=lora)
+    decode = sum(forward_flops(c, ns, ns * (p + s), ns, adapters=lora) for s in range(1, t))
     # n / g prompts of p tokens, then n completions of t tokens each seeing its prompt (g = 1: the
     # plain forward over n rows of p + t, whose causal context sum is the same expression).
-    full = forward_flops(c, n * p / shared_group + n * t,
-                         n / shared_group * p * (p + 1) / 2 + n * (t * p + t * (t + 1) / 2), n * t)
-    return {"sample": prefill + decode, "reference": full if use_reference else 0.0,
-            "old_logps": full if steps_per_generation > 1 else 0.0, "policy": 3.0 * full * num_iterations}
+    shape = (n * p / shared_group + n * t, n / shared_group * p * (p + 1) / 2 + n * (t * p + t * (t + 1) / 2), n * t)
+    policy = forward_parts(c, *shape, adapters=lora)
+    full = sum(policy.values())
+    return {"sample": prefill + decode, "reference": forward_flops(c, *shape) if use_reference else 0.0,
+            "old_logps": full if steps_per_generation > 1 else 0.0,
+            "policy": (full + backward_flops(policy, lora=lora)) * num_iterations}
 
 
 # ------------------------------------------------------------------------------------ compile
@@ -310,9 +353,28 @@ class Programs(NamedTuple):
     sample: Any  # () -> Compiled
     resident: dict  # name -> bytes per chip
     model_config: model_lib.ModelConfig
+    sampler_rows: int  # rows of the compiled sampler call (config.sampler_chunk_rows)
+    shared_group: int  # rows per prompt of the update's shared-prefix forward (1: none)
+
+
+def platform_of(topo: Topology) -> str:
+    """The jax platform a topology compiles for: tpu, or this machine's own backend for `cpu`."""
+    return jax.default_backend() if topo.generation == "cpu" else "tpu"
+
+
+def target_config(config: cfg_lib.Config, topo: Topology) -> cfg_lib.Config:
+    """The config as the target runs it: validated for its devices and platform (a kernel of another
+    backend is a ConfigError naming model.attention), model.attention "auto" made the target's kernel
+    (the plan runs on a CPU but compiles for a TPU: this process's backend would pick xla)."""
+    platform = platform_of(topo)
+    cfg_lib.validate(config, num_devices=len(topo.devices), platform=platform)
+    m = config.model
+    attention = model_lib.resolve_attention(m.attention, platform=platform, dtype=m.dtype)
+    return dataclasses.replace(config, model=dataclasses.replace(m, attention=attention))
 
 
 def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
+    config = target_config(config, topo)
     c, g = config, config.grpo
     data, fsdp = cfg_lib.mesh_shape(c, len(topo.devices))
     mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=topo.devices[: data * fsdp])
@@ -342,13 +404,12 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
     opt_state = _with_shardings(jax.eval_shape(optimizer.init, trained), state_sh.opt_state)
     state = ts.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trained, opt_state)
     second_sh = jax.tree.map(lambda x: x.sharding, second) if second is not None else None
-    step_fn = ts.jit_train_step(
-        ts.build_train_step(mc, optimizer, loss_type=g.loss_type, importance_level=g.importance_level,
-                            num_iterations=g.num_iterations, num_minibatches=c.train.num_minibatches,
-                            steps_per_generation=c.train.steps_per_generation, use_reference=use_reference,
-                            max_completion_length=c.sampling.max_new_tokens, lora=lora,
-                            shared_prefix=c.train.shared_prefix, group_size=g.group_size),
-        mesh, state_sh, second_sh)
+    pure_step = ts.build_train_step(mc, optimizer, loss_type=g.loss_type, importance_level=g.importance_level,
+                                    num_iterations=g.num_iterations, num_minibatches=c.train.num_minibatches,
+                                    steps_per_generation=c.train.steps_per_generation,
+                                    use_reference=use_reference, max_completion_length=c.sampling.max_new_tokens,
+                                    lora=lora, shared_prefix=c.train.shared_prefix, group_size=g.group_size)
+    step_fn = ts.jit_train_step(pure_step, mesh, state_sh, second_sh)
     hp = ts.HParams(*([jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)] * 4))
     P, T = c.sampling.max_prompt_length, c.sampling.max_new_tokens
 
@@ -364,8 +425,10 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
                          sds((n, T), jnp.float32), sds((n,), jnp.float32))
         return compile_one(step_fn, state, second, batch, hp)
 
+    sampler_rows = cfg_lib.sampler_chunk_rows(c)  # what one rollout.sample_rows call decodes at once
+
     def sample():
-        n = rows(c.train.prompts_per_step)
+        n = sampler_rows
         # The sampler runs on the policy: the trained params, or with LoRA the merged base (same shapes).
         policy = base if lora else trained
         prompt_sh = sharding.batch_sharding(mesh, 2) if mesh.size > 1 else None
@@ -384,7 +447,7 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
                 "opt_state": per_chip_bytes(opt_state),
                 "reference": per_chip_bytes(second) if use_reference and not lora else 0,
                 "batch": batch_bytes, "mesh": (data, fsdp)}
-    return Programs(train, sample, resident, mc)
+    return Programs(train, sample, resident, mc, sampler_rows, pure_step.shared_group_size)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -419,7 +482,8 @@ def without_weights(config: cfg_lib.Config) -> tuple[cfg_lib.Config, str | None]
 def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -> dict:
     config, weights_note = without_weights(config)
     data, fsdp = cfg_lib.mesh_shape(config, len(topo.devices))
-    cfg_lib.validate(config, num_devices=len(topo.devices))
+    asked = config.model.attention
+    config = target_config(config, topo)
     progs = build_programs(config, topo)
     mc, res = progs.model_config, progs.resident
     B, G = config.train.prompts_per_step, config.grpo.group_size
@@ -438,6 +502,15 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
         f"{f' LoRA r={mc.lora_rank}' if mc.lora_rank else ''}; batch B={B} x G={G} = {B * G} rows, "
         f"P={P} + T={T} tokens, M={config.train.num_minibatches} K={config.train.steps_per_generation} "
         f"mu={config.grpo.num_iterations} beta={config.grpo.beta}")
+    per_call = cfg_lib.sampler_rows(config)
+    say(f"attention: {mc.attention}{f' (model.attention={asked})' if asked != mc.attention else ''}; "
+        f"shared prefix: " + (f"{progs.shared_group} rows per prompt in each update chunk" if progs.shared_group > 1
+                              else "off" if not config.train.shared_prefix else
+                              "off (cudnn)" if not model_lib.shares_prefix(mc) else "none (K * M does not divide G)"))
+    whole = f"dynamic-sampling round of {per_call} rows" if config.grpo.dynamic_sampling else f"step's {per_call} rows"
+    say(f"sampler: {progs.sampler_rows} rows per call ("
+        + (f"sampling.batch_size; {per_call // progs.sampler_rows} calls per {whole})" if config.sampling.batch_size
+           else f"all of a {whole})"))
     say("compiling the train step ...")
     tr = progs.train(B)
     say(f"  {tr.seconds:.1f} s")
@@ -458,15 +531,10 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
     elif not sp.ok and sp.available:
         hbm = sp.available * GiB
     fits = tr.ok and sp.ok and per_chip <= hbm
-    shared_group = (ts.shared_group_size(G, config.train.steps_per_generation * config.train.num_minibatches)
-                    if config.train.shared_prefix else 1)
-    flops = step_flops(mc, n=B * G, p=P, t=T, use_reference=config.grpo.beta > 0 and not lora,
+    flops = step_flops(mc, n=B * G, p=P, t=T, use_reference=config.grpo.beta > 0,
                        num_iterations=config.grpo.num_iterations,
-                       steps_per_generation=config.train.steps_per_generation, shared_group=shared_group,
-                       prefill_group=G)
-    if lora and config.grpo.beta > 0:  # the reference is the base, adapters off: same forward
-        flops["reference"] = step_flops(mc, n=B * G, p=P, t=T, use_reference=True,
-                                        shared_group=shared_group)["reference"]
+                       steps_per_generation=config.train.steps_per_generation, shared_group=progs.shared_group,
+                       prefill_group=G, sample_rows=per_call, lora=lora)
     total_flops = sum(flops.values())
 
     say("")
@@ -503,7 +571,9 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
         f"{'FITS' if fits else 'DOES NOT FIT'}")
     say(f"FLOPs per step (analytic, whole mesh): {total_flops:.4g} = sample {flops['sample']:.3g} + reference "
         f"{flops['reference']:.3g} + old log-probs {flops['old_logps']:.3g} + policy fwd+bwd {flops['policy']:.3g}"
-        f"; per chip {total_flops / (data * fsdp):.4g}")
+        f"; per chip {total_flops / (data * fsdp):.4g}"
+        + ("  (sample: one dynamic-sampling round; each further round adds as much)"
+           if config.grpo.dynamic_sampling else ""))
 
     # Largest prompts_per_step.
     unit = _fit_batches(config, data * fsdp)
@@ -534,7 +604,8 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
             fixed = tr.args
             per_prompt = tr.temp / B
             room = hbm - fixed
-            sampler_per_prompt = sp.temp / B if sp.ok else 0.0
+            # A chunked sampler (sampling.batch_size) holds the same rows whatever B is.
+            sampler_per_prompt = sp.temp / B if sp.ok and not config.sampling.batch_size else 0.0
             sroom = hbm - (sp.args + beside) if sp.ok else room
             cand = min(room / per_prompt if per_prompt else math.inf,
                        sroom / sampler_per_prompt if sampler_per_prompt else math.inf)
@@ -547,9 +618,14 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
                "--search N compiles to check")
     say(f"largest prompts_per_step that fits: {max_b if max_b else 'none (not even ' + str(unit) + ')'}"
         f"  [{how}; multiples of {unit}]")
-    if not fits:
-        say("to fit: raise train.num_minibatches (gradient accumulation), lower train.prompts_per_step or the "
-            "lengths, use model.lora_rank, mesh.fsdp, or model.dtype=bfloat16")
+    if not fits:  # what shrinks the phase that does not fit
+        if sample_peak > train_peak:
+            say("to fit the sampler: lower sampling.batch_size (rows per sampler call, whole groups), use "
+                "sampling.weight_layout=tensor, mesh.fsdp, or model.dtype=bfloat16 (a bf16 KV cache)")
+        else:
+            say("to fit the train step: raise train.num_minibatches (gradient accumulation), use "
+                "model.scan_layers=true with model.remat=full, model.attention=auto (a flash kernel), mesh.fsdp, "
+                "model.dtype=bfloat16 or model.lora_rank, or lower train.prompts_per_step or the lengths")
     result = {"fits": fits, "per_chip_gib": per_chip / GiB, "hbm_gib": hbm / GiB,
               "temp_gib": max(tr.temp if tr.ok else 0, sp.temp if sp.ok else 0) / GiB,
               "params_gib": (res["weights"] + res["adapters"]) / GiB, "opt_state_gib": res["opt_state"] / GiB,

@@ -1,7 +1,8 @@
 """One GRPO step's batch, on the host: sample, decode, score, and (DAPO) keep only groups with signal.
 
-    generate   B prompts x G completions: one jitted, sharded sampler call (`sampling.sample`), the one
-               host round trip, then the verifiers (`score`)
+    generate   B prompts x G completions: jitted, sharded sampler calls (`sampling.sample`) over chunks
+               of `sampling.batch_size` rows (`sample_rows`), one host round trip each, then the
+               verifiers (`score`)
     score      rewards on process 0 only, broadcast to every process: scored independently on each
                host, a verifier's wall-clock limit could let two hosts disagree, and the sharded
                update would silently mix their advantages
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grpo_jax import ConfigError
 from grpo_jax import advantages as adv_lib
 from grpo_jax import buckets
 from grpo_jax import evaluate as eval_lib
@@ -83,8 +85,47 @@ def score(s: Setup, completions_fn: Callable[[], list], golds, lengths) -> tuple
     return packed[:, 0], components, stats, completions
 
 
+def sample_rows(s: Setup, params, ptok: np.ndarray, pmask: np.ndarray, key) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens i32[N, T], mask f32[N, T]) on the host for N group-major prompt rows [N, P], sampled in
+    chunks of `sampling.batch_size` rows (whole groups), so the KV cache holds one chunk's rows.
+
+    Every chunk has the same shapes: one compiled sampler program for all of them. Chunk i draws with
+    fold_in(key, i), a pure function of the step's key (resume stays exact); a single chunk
+    (batch_size 0, or the whole batch) draws with `key` itself, the call as it was before chunks.
+    Chunk i + 1 is dispatched before chunk i is fetched, so the transfer overlaps the next decode,
+    and at most two are in flight (blocking on each result also keeps 8 simulated CPU devices out of
+    the collective deadlock of never-blocking dispatch, ENVIRONMENT.md).
+    """
+    c, n = s.config, ptok.shape[0]
+    rows = c.sampling.batch_size or n
+    if n % rows or rows % c.grpo.group_size:
+        raise ConfigError(f"config key `sampling.batch_size` = {c.sampling.batch_size}: must be whole groups "
+                          f"of grpo.group_size = {c.grpo.group_size} dividing the {n} rows of this sampler call")
+    chunks = n // rows
+
+    def launch(i):
+        part = slice(i * rows, (i + 1) * rows)
+        rollout = sampling.sample(s.model_config, params, s.put(ptok[part]), s.put(pmask[part]),
+                                  key if chunks == 1 else jax.random.fold_in(key, i),
+                                  max_new_tokens=c.sampling.max_new_tokens, eos_id=s.eos_ids,
+                                  temperature=c.sampling.temperature, top_k=c.sampling.top_k,
+                                  top_p=c.sampling.top_p, weight_layout=c.sampling.weight_layout,
+                                  group_size=c.grpo.group_size, logps=False)  # one prefill per prompt
+        return rollout.tokens, rollout.mask  # training rescores: no sampler log-probs
+
+    parts, pending = [], launch(0)
+    for i in range(chunks):
+        following = launch(i + 1) if i + 1 < chunks else None
+        parts.append(eval_lib.to_host(pending))  # this chunk's host round trip
+        pending = following
+    if chunks == 1:
+        return parts[0]
+    return tuple(np.concatenate([part[j] for part in parts], axis=0) for j in (0, 1))
+
+
 def generate(s: Setup, params, examples, key) -> Generation:
-    """Sample G completions for each example (one jitted, sharded sampler call) and score them."""
+    """Sample G completions for each example (`sample_rows`: sampler calls over chunks of
+    sampling.batch_size rows) and score them."""
     started = time.perf_counter()
     c, G = s.config, s.config.grpo.group_size
     chat, system = c.task.chat_template, c.task.system_prompt or None
@@ -93,12 +134,7 @@ def generate(s: Setup, params, examples, key) -> Generation:
     if c.train.length_buckets:  # cut to the batch's longest prompt, rounded up to a bucket (buckets.py)
         ptok, pmask = buckets.trim_prompts(ptok, pmask)
     ptok, pmask = np.repeat(ptok, G, axis=0), np.repeat(pmask, G, axis=0)  # [N, P] group-major
-    rollout = sampling.sample(s.model_config, params, s.put(ptok), s.put(pmask), key,
-                              max_new_tokens=c.sampling.max_new_tokens, eos_id=s.eos_ids,
-                              temperature=c.sampling.temperature, top_k=c.sampling.top_k,
-                              top_p=c.sampling.top_p, weight_layout=c.sampling.weight_layout,
-                              group_size=G, logps=False)  # one prefill per prompt; training rescores
-    tokens, mask = eval_lib.to_host((rollout.tokens, rollout.mask))  # the one host round trip
+    tokens, mask = sample_rows(s, params, ptok, pmask, key)
     sampled_at = time.perf_counter()
     golds = [e for e in examples for _ in range(G)]
     rewards, components, stats, completions = score(

@@ -25,6 +25,8 @@ Sampling (one jitted program): for N left-padded prompts [N, P] and T = max_new_
               unwritten end of the cache; T < 128 uses one segment of S = P + T slots, and so does a
               model with scan_layers (the real-model setting: each segment is a copy of every layer
               in the compiled program, 168 s of the Qwen2.5-1.5B sampler's TPU compile with 4).
+              With scan_layers the prefill fills a cache of the P prompt slots only, grown to
+              P + T after it (its scores are [., H, P, P], not [., H, P, P + T]).
     Rollout.mask[n, t] = 1 for t up to and including the row's first EOS, 0 after.
     logps = False: the per-step token_logps (a log-sum-exp over the vocabulary for every row) is not
     computed and Rollout.logps is all zeros; for callers that recompute the log-probs (training:
@@ -211,6 +213,11 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
         spec = PartitionSpec(batch_axes, "fsdp", *([None] * (x.ndim - 2)))
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
+    if not model_lib.is_module_model(config):
+        # Every weight enters our model's compute through a cast to config.dtype: cast once here, not
+        # in every decode step. The same numbers; bf16 compute then decodes from (and, on a mesh,
+        # places) a bf16 copy: half the bytes per step and per chip (7B: 3.5 GiB on 4 chips, not 7).
+        params = model_lib.cast_params(params, config.dtype)
     if mesh is not None:
         params = _place_params(config, params, mesh, weight_layout)
 
@@ -232,9 +239,17 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
     # (ceil(B / chips) rows per chip, never more than the N-row prefill's ceil(N / chips)).
     shared = group_size > 1 and not model_lib.is_module_model(config)
     rows = (lambda x: x[::group_size]) if shared else (lambda x: x)  # row g * G: group g's prompt
-    cache = jax.tree.map(constrain_cache, model_lib.cache_init(config, params, b if shared else n, p + ends[0]))
+    # scan_layers (the real-model setting, one decode segment over all P + T slots): the prefill
+    # writes and attends over the P prompt slots only, and the segment loop below grows the cache.
+    # Over the whole cache its f32 scores would be [B, H, P, P + T], 5 GiB per prompt at DAPO's
+    # 2048 + 20480 tokens, for slots that are all masked. The numbers are the same up to float
+    # summation order (XLA:CPU reduces P and P + T slots in different orders: 1-ulp log-probs), so
+    # the unrolled CPU default keeps its prefill over the first segment's slots and its numbers.
+    grows = not model_lib.is_module_model(config) and config.scan_layers
+    prefill_slots = p if grows else p + ends[0]
+    cache = jax.tree.map(constrain_cache, model_lib.cache_init(config, params, b if shared else n, prefill_slots))
     logits, cache = model_lib.forward_with_cache(config, params, rows(prompt_tokens), rows(positions), cache, 0,
-                                               rows(kv_mask[:, : p + ends[0]]), last_only=True)  # [B or N, 1, V]
+                                               rows(kv_mask[:, :prefill_slots]), last_only=True)  # [B or N, 1, V]
     if shared:  # to the decode loop's N rows, split over the mesh like every other per-row array
         cache = jax.tree.map(lambda x: constrain_cache(jnp.repeat(x, group_size, axis=0)), cache)
         logits = constrain(jnp.repeat(logits, group_size, axis=0))

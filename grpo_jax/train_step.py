@@ -188,7 +188,8 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
     strided chunk (k, m) holds rows j*K*M + k*M + m, so when K*M divides G its rows come in
     contiguous runs of G / (K*M) rows of one prompt, and that is the group size each chunk is scored
     with. When K*M does not divide G the runs are irregular and nothing is shared (the plain path,
-    no error). The group size used is `step.shared_group_size` (1: no sharing).
+    no error), and so it is with model.attention="cudnn" (`model.shares_prefix`). The group size
+    used is `step.shared_group_size` (1: no sharing).
     """
     if loss_type not in losses.LOSS_TYPES:
         raise ValueError(f"grpo.loss_type must be one of {losses.LOSS_TYPES}, got {loss_type!r}")
@@ -196,7 +197,8 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
     if K < 1 or M < 1:
         raise ValueError(f"steps_per_generation={K} and num_minibatches={M} must be >= 1")
 
-    share = shared_group_size(group_size, K * M) if shared_prefix else 1
+    # cudnn attention cannot take the grouped forward's mask (model.shares_prefix): every row whole.
+    share = shared_group_size(group_size, K * M) if shared_prefix and model_lib.shares_prefix(model_config) else 1
 
     def policy(params, frozen):  # the model the trained params stand for
         return model_lib.merge_lora(frozen, params) if lora else params

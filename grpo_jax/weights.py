@@ -545,9 +545,11 @@ def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.flo
 
 def run_options(m) -> dict:
     """The ModelConfig fields the run's config sets on any model, loaded or not (LoRA, scan, remat,
-    attention kernel), from a config's `model` section."""
+    attention kernel), from a config's `model` section; attention "auto" is this process's backend's
+    kernel (`model.resolve_attention`; `plan` resolves it for its target first)."""
+    attention = model_lib.resolve_attention(m.attention, platform=jax.default_backend(), dtype=m.dtype)
     return dict(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=m.lora_targets,
-                scan_layers=m.scan_layers, remat=m.remat, attention=m.attention)
+                scan_layers=m.scan_layers, remat=m.remat, attention=attention)
 
 
 def model_config_from_config(config, tokenizer) -> ModelConfig:

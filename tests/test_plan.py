@@ -118,3 +118,110 @@ def test_plan_sampler_follows_weight_layout():
                                                "--config.mesh.fsdp=4", f"--config.sampling.weight_layout={layout}"])
         peaks[layout] = plan.build_programs(config, plan.get_topology(topology)).sample().peak
     assert peaks["tensor"] < peaks["replicated"], peaks
+
+
+# --- issue 23: what the plan compiles is what the run does (no compile: compile_one is recorded) -----
+
+def _planned_calls(monkeypatch, *args):
+    """Builds the programs for `args` (a --config ... command line, --topology cpu) and runs the
+    train step's and the sampler's compile with compile_one recorded instead: -> (Programs, the
+    train step's (args, kwargs), the sampler's)."""
+    calls = []
+    monkeypatch.setattr(plan, "compile_one", lambda jitted, *a, **k: calls.append((a, k)))
+    config, topology, _ = plan.parse_args([*args, "--topology", "cpu"])
+    progs = plan.build_programs(config, plan.get_topology(topology))
+    progs.train(config.train.prompts_per_step)
+    progs.sample()
+    return progs, calls[0], calls[1]
+
+
+def test_plan_compiles_the_sampler_at_the_rows_one_call_samples(monkeypatch):
+    """The sampler is planned at the rows one rollout.sample_rows call holds: B * G, a DAPO
+    dynamic-sampling round's ceil(B * factor) * G, or a chunk of sampling.batch_size rows."""
+    def rows(*overrides):
+        _, train, sample = _planned_calls(monkeypatch, *TINY, *overrides)
+        assert train[0][2].prompt_tokens.shape[0] == 16  # the update: always B * G
+        return sample[0][2].shape[0]  # (config, params, prompt_tokens, ...)
+    dynamic = ("--config.grpo.dynamic_sampling=true", "--config.grpo.dynamic_sampling_factor=3")
+    assert rows() == 16
+    assert rows(*dynamic) == 48  # ceil(4 * 3) prompts x G = 4 per round, not B * G = 16
+    assert rows(*dynamic, "--config.sampling.batch_size=16") == 16
+    assert rows("--config.sampling.batch_size=8") == 8
+
+
+def test_lora_step_flops_by_hand():
+    """LoRA (rank 1 on q only), one layer, D=2, H=KV=1, hd=2, F=1, V=3, N=1, P=1, T=2: the frozen
+    weights get no weight gradient (backward 1 x their forward), attention and the adapters 2 x; the
+    adapters run in every forward of the policy and the sampler, not in the reference's."""
+    from grpo_jax.model import ModelConfig
+    c = ModelConfig(vocab_size=3, hidden_size=2, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=2,
+                    intermediate_size=1, lora_rank=1, lora_targets=("q",))
+    matmul, adapter = 44, 2 * 1 * (2 + 2)  # per token: as test_step_flops_by_hand; q's x A (2x1), (xA) B (1x2)
+    # The update's forward over P + T = 3 tokens: attention 8 * (1 + 2 + 3), LM head on T = 2 rows.
+    parts = {"matmul": 3 * matmul, "attention": 8 * 6, "head": 2 * 2 * 3 * 2, "adapters": 3 * adapter}
+    forward = sum(parts.values())
+    lora_backward = parts["matmul"] + parts["head"] + 2 * (parts["attention"] + parts["adapters"])
+    reference = forward - parts["adapters"]
+    sample = (matmul + 8 * 1 + 12 + adapter) + (matmul + 8 * 2 + 12 + adapter)  # prefill + 1 decode step
+    f = plan.step_flops(c, n=1, p=1, t=2, use_reference=True, num_iterations=2, steps_per_generation=2,
+                        lora=True)
+    assert f == {"sample": sample, "reference": reference, "old_logps": forward,
+                 "policy": 2 * (forward + lora_backward)}
+    full = plan.step_flops(c, n=1, p=1, t=2, use_reference=True)["policy"]
+    assert full == 3 * reference  # a full fine-tune's step: 3 x the forward, as before
+    assert f["policy"] / 2 < full  # 528 < 612: no weight gradient for the frozen weights
+
+
+def _write_tiny_gguf(path, *, layers=2, d=32, heads=4, kv=2, hd=8, f=64, v=64):
+    """A llama-architecture GGUF of random F32 tensors with a trivial byte-level vocabulary."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(layers)
+    w.add_context_length(128)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(f)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(v)
+    w.add_key_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(v)])
+    w.add_token_merges([])
+    w.add_token_types([1] * v)
+    w.add_token_scores([0.0] * v)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+    shapes = {"attn_q": (heads * hd, d), "attn_k": (kv * hd, d), "attn_v": (kv * hd, d),
+              "attn_output": (d, heads * hd), "ffn_gate": (f, d), "ffn_up": (f, d), "ffn_down": (d, f),
+              "attn_norm": (d,), "ffn_norm": (d,)}
+    tensors = {"token_embd.weight": (v, d), "output_norm.weight": (d,),
+               **{f"blk.{i}.{name}.weight": s for i in range(layers) for name, s in shapes.items()}}
+    for name, shape in tensors.items():  # HF [out, in] order, as llama.cpp writes them
+        w.add_tensor(name, rng.normal(0, 0.02, shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_plan_reads_a_gguf_model(monkeypatch, tmp_path):
+    """model.path = a .gguf (experiments/smollm2_addition.py): the plan reads the architecture from its
+    header (no tensor) and plans it; it used to refuse GGUF paths."""
+    from grpo_jax import weights
+    path = _write_tiny_gguf(tmp_path / "tiny.gguf")
+    progs, _, sample = _planned_calls(monkeypatch, "--config", "experiments/smollm2_addition.py",
+                                      f"--config.model.path={path}", "--config.train.prompts_per_step=2",
+                                      "--config.grpo.group_size=4", "--config.train.eval_batch_size=8")
+    mc = progs.model_config
+    assert (mc.num_layers, mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.head_dim, mc.intermediate_size,
+            mc.vocab_size, mc.tie_embeddings) == (2, 32, 4, 2, 8, 64, 64, True)
+    assert mc == weights.load_gguf(path)[0]  # the loader's own reading of the header
+    assert sample[0][2].shape[0] == 8  # 2 prompts x G = 4
+

@@ -113,8 +113,13 @@ def tiny_chat_model(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_runs_two_steps_on_a_tiny_hf_model(name, tiny_chat_model, tmp_path):
-    # The preset's own algorithm (G, epsilon, beta, loss, K, dynamic sampling, ...); only the scale
-    # is shrunk: 2 prompts per step, 8 new tokens, a 400-token prompt limit, one device.
+    # The preset's own algorithm (G, epsilon, beta, loss, K, dynamic sampling, ...), model.attention=auto
+    # (xla on this CPU) and chunked rollouts; only the scale is shrunk: 2 prompts per step, 8 new
+    # tokens, a 400-token prompt limit, one device, so the 7B plan's minibatches
+    # (train.num_minibatches) do not divide the batch and the rollouts are chunked one group per
+    # sampler call (sampling.batch_size = G) instead of the plan's chunk. What the CPU needs: f32
+    # compute and unrolled layers (bf16 matmuls and a scanned decode are slower on XLA:CPU,
+    # ENVIRONMENT.md; tests/test_scale.py checks they change no number).
     from grpo_jax import metrics as metrics_lib
     from grpo_jax import train
 
@@ -125,7 +130,8 @@ def test_preset_runs_two_steps_on_a_tiny_hf_model(name, tiny_chat_model, tmp_pat
         "task.eval_size=4", "train.eval_batch_size=4", "train.eval_every=2", "train.steps=2",
         "train.prompts_per_step=2", "sampling.max_new_tokens=8", "sampling.max_prompt_length=400",
         "rewards.overlong_cache=4", "grpo.dynamic_sampling_max_rounds=2", "mesh.data=1", "mesh.fsdp=1",
-        "train.checkpoint_every=2"]
+        "train.checkpoint_every=2", "train.num_minibatches=1", f"sampling.batch_size={preset.grpo.group_size}",
+        "model.dtype=float32", "model.scan_layers=false", "model.remat=none"]
     rows = train.run(["--config", str(EXPERIMENTS / f"{name}.py"), "--workdir", str(tmp_path)]
                      + [f"--config.{o}" for o in overrides])
     steps = [r for r in metrics_lib.read_metrics(tmp_path) if r["step"] >= 1]
@@ -153,3 +159,38 @@ def test_preset_prompt_limit_fits_gsm8k_through_a_chat_template(name, shared_dat
     task, counts = tasks.fit_prompts(tasks.from_config(c), tok_lib.load_tokenizer(tokenizer_dir), c)
     assert counts == {"prompts_dropped_train": 0, "prompts_dropped_eval": 0}
     assert c.sampling.max_new_tokens >= 1024
+
+
+# --- at scale: the published lengths, and the switches the 7B plan in each docstring relies on -------
+
+PUBLISHED = {"deepseekmath": (512, 1024), "r1": (1024, 32768), "dapo": (2048, 20480), "dr_grpo": (1024, 3000),
+             "gspo": (1024, 2048)}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_runs_at_scale_on_its_planned_slice(name):
+    """Each preset keeps its paper's lengths and carries what makes them fit with Qwen2.5-7B: FSDP over
+    every chip, f32 master weights with bf16 compute, scan + full remat, the backend's attention kernel,
+    a tensor-parallel sampler; and its config is valid on the TPU slice its docstring plans (the chips
+    of `--topology v5p-8` etc., with the TPU backend: "auto" is splash there)."""
+    import importlib.util
+    import re
+
+    from grpo_jax import config as cfg_lib
+    from grpo_jax import plan
+
+    path = EXPERIMENTS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"preset_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    assert (c.sampling.max_prompt_length, c.sampling.max_new_tokens) == PUBLISHED[name]
+    assert (c.mesh.data, c.mesh.fsdp) == (1, -1)
+    assert (c.model.param_dtype, c.model.dtype, c.model.scan_layers, c.model.remat, c.model.attention) == (
+        "float32", "bfloat16", True, "full", "auto")
+    assert c.sampling.weight_layout == "tensor" and c.train.shared_prefix
+    topology = re.search(r"--topology (\S+)", module.__doc__).group(1)
+    _, name_xy, _ = plan.parse_topology(topology)
+    chips = math.prod(int(d) for d in name_xy.split(":")[1].split("x"))
+    c.model.path = "models/Qwen2.5-7B-Instruct"  # what a run passes (the architecture is the checkpoint's)
+    cfg_lib.validate(c, num_devices=chips, platform="tpu")

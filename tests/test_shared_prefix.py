@@ -183,21 +183,23 @@ def test_train_step_sharded_8_devices_equals_single_device():
     _assert_same(single, sharded, atol=5e-5)
 
 
-def test_non_xla_attention_is_refused():
-    cfg = dataclasses.replace(CFG, attention="splash")
+def test_cudnn_attention_is_refused():
+    # cuDNN's padding masks cannot express a group's prompt keys: the grouped forward refuses it, the
+    # train step scores every row whole instead, and the config takes any kernel with the default on.
+    cfg = dataclasses.replace(CFG, attention="cudnn", dtype="bfloat16")
     params = model_lib.init_params(CFG, jax.random.key(0))
     batch = make_batch()
-    with pytest.raises(ValueError, match="attention='xla'"):
+    with pytest.raises(ValueError, match="xla or splash, got 'cudnn'"):
         model_lib.grouped_hidden_states(cfg, params, batch.prompt_tokens[::G], batch.prompt_mask[::G],
                                         batch.completion_tokens, G)
+    assert ts.build_train_step(cfg, optax.sgd(0.5), shared_prefix=True, group_size=G).shared_group_size == 1
     with pytest.raises(ValueError, match="not 4 prompts x group_size=3"):
         model_lib.grouped_hidden_states(CFG, params, batch.prompt_tokens[::G], batch.prompt_mask[::G],
                                         batch.completion_tokens, 3)
     config = config_lib.Config()
     config.train.shared_prefix = True
-    config_lib.validate(config)  # xla attention: fine
-    config.model.attention = "splash"
-    with pytest.raises(config_lib.ConfigError, match="train.shared_prefix"):
+    for attention, dtype in (("xla", "float32"), ("splash", "float32"), ("cudnn", "bfloat16"), ("auto", "float32")):
+        config.model.attention, config.model.dtype = attention, dtype
         config_lib.validate(config)
 
 
