@@ -189,7 +189,10 @@ def test_steps_per_generation_equals_k_hand_written_updates(K, loss_type):
     ref = sharding.init_params_sharded(CFG, jax.random.key(1), mesh)
     want = _manual_updates(params, make_batch(), opt, K=K, ref=ref, loss_type=loss_type)
     state, _, _ = run(mesh, opt=opt, steps_per_generation=K, loss_type=loss_type)
-    chex.assert_trees_all_close(state.params, want, atol=2e-5, rtol=1e-7)
+    # The updates reach 3.6 in size (SGD lr 1: the gradients themselves); two differently compiled
+    # programs summing in their own orders agree to ~3e-5 after K = 4 of them (1e-5 relative). A
+    # wrong old_logps, part or weighting moves them by O(1).
+    chex.assert_trees_all_close(state.params, want, atol=1e-4, rtol=1e-7)
 
 
 def test_steps_per_generation_goes_off_policy_and_clips():
