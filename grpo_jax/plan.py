@@ -201,8 +201,8 @@ def model_config(config: cfg_lib.Config, tokenizer) -> model_lib.ModelConfig:
     if m.path:
         path = pathlib.Path(m.path)
         if path.suffix == ".gguf":  # the header holds the architecture; no tensor is read (memory-mapped)
-            import gguf
-            mc = weights_lib._gguf_config(gguf.GGUFReader(path), file=path, dtype=m.dtype, param_dtype=m.param_dtype)
+            mc = weights_lib._gguf_config(weights_lib.gguf_reader(path), file=path, dtype=m.dtype,
+                                          param_dtype=m.param_dtype)
             return dataclasses.replace(mc, **lora)
         file = path / "config.json"
         if not file.is_file():

@@ -16,6 +16,8 @@ so the sampler stops at any of them and `decode_completions` cuts at the first.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import pathlib
@@ -33,6 +35,11 @@ FORMAT_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 CHAR_ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n"
 
 
+@functools.lru_cache(maxsize=2)
+def _gguf_tokenizer(path: pathlib.Path, inode: int, mtime_ns: int, size: int):
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
 def load_tokenizer(path: str | os.PathLike) -> transformers.PreTrainedTokenizerBase:
     """A `transformers` tokenizer from an HF directory, a bare tokenizer.json or a .gguf file."""
     path = pathlib.Path(path)
@@ -43,8 +50,10 @@ def load_tokenizer(path: str | os.PathLike) -> transformers.PreTrainedTokenizerB
             raise FileNotFoundError(f"{path} holds neither tokenizer.json nor tokenizer_config.json")
         return transformers.AutoTokenizer.from_pretrained(str(path))
     if path.suffix == ".gguf":
-        # transformers rebuilds the BPE tokenizer (and chat template) from the GGUF metadata.
-        return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        # transformers rebuilds the BPE tokenizer (and chat template) from the GGUF metadata: seconds
+        # in pure Python, so once per process and file version; each caller gets its own copy.
+        st = path.resolve().stat()
+        return copy.deepcopy(_gguf_tokenizer(path.resolve(), st.st_ino, st.st_mtime_ns, st.st_size))
     if path.suffix == ".json":
         # A bare tokenizer.json names no eos/pad roles; callers that need them set them.
         return transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), clean_up_tokenization_spaces=False)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -493,6 +494,22 @@ def _gguf_config(reader, *, file: pathlib.Path, dtype: str, param_dtype: str = "
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _gguf_reader_cached(path: pathlib.Path, inode: int, mtime_ns: int, size: int):
+    import gguf
+    return gguf.GGUFReader(path)
+
+
+def gguf_reader(path: str | os.PathLike):
+    """`gguf.GGUFReader` of `path` (a read-only memory map), parsed once per process and file version:
+    parsing the metadata of a 100 MB file takes seconds in pure Python (SmolLM2's 49k-token
+    vocabulary), and a run reads the header, then the weights, then a notebook sets up the model again.
+    Keyed on the path, inode, size and modification time, so a rewritten file is parsed afresh."""
+    path = pathlib.Path(path).resolve()
+    st = path.stat()
+    return _gguf_reader_cached(path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
               mesh=None) -> tuple[ModelConfig, dict]:
     """Load a Llama-architecture GGUF -> (ModelConfig, params), dequantised to f32 then cast to
@@ -506,7 +523,7 @@ def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.flo
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: file missing")
-    reader = gguf.GGUFReader(path)
+    reader = gguf_reader(path)
     config = _gguf_config(reader, file=path, dtype=_dtype_name(dtype), param_dtype=_dtype_name(param_dtype))
     tensors = {t.name: t for t in reader.tensors}
     abstract = _abstract_params(config)
@@ -563,8 +580,7 @@ def model_config_from_config(config, tokenizer) -> ModelConfig:
         if not path.exists():
             raise ConfigError(f"config key `model.path`: {m.path!r} does not exist")
         if path.suffix == ".gguf":
-            import gguf
-            mc = _gguf_config(gguf.GGUFReader(path), file=path, **dtypes)  # header only: the file is mapped
+            mc = _gguf_config(gguf_reader(path), file=path, **dtypes)  # header only: the file is mapped
         else:
             config_file = path / "config.json"
             if not config_file.is_file():

@@ -382,6 +382,27 @@ def test_load_gguf_bad_input(tiny_llama, tmp_path):
         weights.load_gguf(path)
 
 
+def test_gguf_is_parsed_once_per_file_version(tiny_llama, tmp_path, monkeypatch):
+    """The metadata parse (seconds for a real vocabulary) happens once per process and file: a run's
+    header read, its weight load and a second set-up share it; a rewritten file is parsed again."""
+    import gguf
+
+    parsed = []
+    real = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, *a, **k: parsed.append(path) or real(path, *a, **k))
+    path = _write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama)
+    config, params = weights.load_gguf(path)
+    config2, params2 = weights.load_gguf(path)
+    assert len(parsed) == 1 and config2 == config
+    chex.assert_trees_all_equal(params2, params, strict=True)
+    hidden = tiny_llama.config.hidden_size
+    _write_tiny_gguf(tmp_path / "new.gguf", tiny_llama,
+                     replace={"output_norm.weight": np.full(hidden, 2.0, np.float32)}).replace(path)
+    _, params3 = weights.load_gguf(path)
+    assert len(parsed) == 2
+    np.testing.assert_array_equal(np.asarray(params3["norm"]["scale"]), 2.0)
+
+
 # --------------------------------------------------------------------------- GGUF (SmolLM2-135M-Instruct)
 
 
