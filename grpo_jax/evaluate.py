@@ -81,7 +81,7 @@ def majority_correct(completions, gold, *, style, score) -> float:
 
 def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prompt_length,
              max_new_tokens, put, pass_k=0, temperature=1.0, top_k=0, top_p=1.0, chat=False, system=None,
-             eos_ids=None, weight_layout="replicated", length_buckets=False) -> dict:
+             eos_ids=None, weight_layout="replicated", length_buckets=False, per_problem=False) -> dict:
     """{"eval_accuracy": greedy pass@1, "eval_length": the greedy completions' mean length in tokens,
     "eval_format": their mean format score (`rewards.format_reward` in the task's answer style; absent
     for a style of a user's own), and with pass_k > 0: "eval_pass@k", "eval_maj@k"}.
@@ -91,6 +91,8 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
     `weight_layout`: the sampler's (config key sampling.weight_layout); `length_buckets`: `generate`'s.
     The pass@k / maj@k samples are drawn as training draws them: `temperature`, `top_k`, `top_p`
     (the config's sampling section); the greedy pass@1 ignores all three.
+    `per_problem`: also "eval_correct", f32[E] each held-out problem's greedy score in
+    `task.eval_examples` order (the same on every process), for problem-by-problem comparisons.
     """
     examples = task.eval_examples
     prompts = [task.prompt(e) for e in examples]
@@ -102,8 +104,11 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
 
     style_known = task.style in rewards_lib.STYLES  # a user's task may name a style of its own
 
+    scored = []
+
     def score():  # on process 0 only: every process must act on the same numbers (SFT early stop)
         correct = [task.correct(c, e) for c, e in zip(greedy, examples)]
+        scored.append(np.asarray(correct, np.float32))
         out = {"eval_accuracy": float(np.mean(correct)), "eval_examples": len(examples),
                "eval_length": float(np.mean([len(tokenizer.encode(c, add_special_tokens=False)) for c in greedy]))}
         if style_known:
@@ -122,7 +127,14 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
                            temperature=temperature, top_k=top_k, top_p=top_p, **common)
     keys = (["eval_accuracy", "eval_examples", "eval_length"] + (["eval_format"] if style_known else [])
             + ([f"eval_pass@{pass_k}", f"eval_maj@{pass_k}"] if pass_k > 0 else []))
-    return on_process_zero(score, keys)
+    out = on_process_zero(score, keys)
+    if per_problem:
+        correct = scored[0] if scored else np.zeros(len(examples), np.float32)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            correct = np.asarray(multihost_utils.broadcast_one_to_all(correct))
+        out["eval_correct"] = correct
+    return out
 
 
 def on_process_zero(fn, keys):

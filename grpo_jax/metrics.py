@@ -17,6 +17,14 @@ from the checkpoint at step k (`resume_step=k`) drops the rows a crashed run wro
 by rewriting the file to a temporary and `os.replace`-ing it, so a resumed run's metrics.jsonl is
 row for row what a straight run writes. TensorBoard is told the same through `purge_step`.
 
+Per-item detail, beside it (`MetricsWriter.write_detail`), one JSON object per line with a "step":
+  eval_problems.jsonl  {"step": 25, "ids": [0, 1, ...], "correct": [1.0, 0.0, ...]}: each held-out
+                       problem's greedy score at every eval, so two runs (or a sweep's cells) can be
+                       compared problem by problem (`grpo_jax.report`'s paired differences)
+  groups.jsonl         {"step": 3, "reward_mean": [B], "reward_std": [B], "clip_fraction": [B],
+                       "adv_length_corr": r}: per-group statistics of every logged step
+They are repaired on resume exactly like metrics.jsonl.
+
 Progress on stderr: on a terminal a tqdm bar; otherwise (`make train > log 2>&1`, a batch job) one
 plain line per written row, e.g.
   step 25/600 | reward 0.612 | acc 0.721 | kl 0.013 | clip 0.002 | len 21.4 | 0.97 s/step | eta 9m18s
@@ -38,6 +46,7 @@ import jax
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+DETAIL_FILES = ("eval_problems.jsonl", "groups.jsonl")  # MetricsWriter.write_detail
 TB_DIR = "tb"
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -99,6 +108,19 @@ def _parse_lines(path: pathlib.Path) -> tuple[list[tuple[str, dict]], bool]:
             raise ValueError(f"{path}: line {number} is not a metrics record with a 'step': {line[:80]!r}")
         out.append((line, record))
     return out, bool(tail.strip())
+
+
+def read_detail(workdir, name: str) -> list[dict]:
+    """The records of workdir/`name` (one of DETAIL_FILES), in file order ([] when absent); a step
+    written twice (none after a resume's repair, but a copied file may hold one) keeps its last."""
+    path = pathlib.Path(workdir) / name
+    if not path.exists():
+        return []
+    by_step = {}
+    for _, record in _parse_lines(path)[0]:
+        by_step.pop(record["step"], None)
+        by_step[record["step"]] = _decode_row(record)
+    return list(by_step.values())
 
 
 def read_metrics(path, *, kind: str = "scalars") -> list[dict]:
@@ -213,7 +235,8 @@ class MetricsWriter:
         if not self.is_primary:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        _repair(self.path, resume_step)
+        for path in (self.path, *(self.workdir / name for name in DETAIL_FILES)):
+            _repair(path, resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -291,6 +314,26 @@ class MetricsWriter:
             return None
         head = f"step {step}/{self._total}" if self._total is not None else f"step {step}"
         return " | ".join([head, *parts])
+
+    def write_detail(self, name: str, step: int, record: dict) -> None:
+        """Appends `{"step": step, **record}` to workdir/`name` (one of DETAIL_FILES; module
+        docstring); arrays become lists, non-finite floats the strings metrics.jsonl uses."""
+        if name not in DETAIL_FILES:
+            raise ValueError(f"write_detail: {name!r} is not one of {DETAIL_FILES}")
+        if not self.is_primary:
+            return
+
+        def plain(v):
+            if isinstance(v, (np.ndarray, jax.Array, list, tuple)):
+                return [plain(x) for x in np.asarray(v).tolist()]
+            return _encode(float(v)) if isinstance(v, (float, np.floating)) else v.item() if isinstance(
+                v, np.generic) else v
+
+        line = json.dumps({"step": int(step), **{k: plain(v) for k, v in record.items()}}, allow_nan=False)
+        with open(self.workdir / name, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def write_text(self, step: int, name: str, text: str) -> None:
         """Logs a completion sample as `{"step": step, "sample": name, "text": text}` (+ TB text)."""

@@ -11,6 +11,8 @@
                `grpo.dynamic_sampling_metric`: accuracy by default) are kept
                (static shapes: a short batch is filled with rows marked invalid)
     update_inputs  advantages (over the valid rows), the loss mask (`grpo.mask_truncated_completions`)
+    batch_metrics, group_detail  what a step logs about its batch: scalars for metrics.jsonl, per-group
+               arrays for groups.jsonl (the trainer and the sweep log the same)
 
 Every process computes the same batch: data order and sampling keys are pure functions of the step,
 and the rewards are broadcast, so resuming from a checkpoint and multi-host runs stay exact.
@@ -240,3 +242,49 @@ def update_inputs(c, gen: Generation, valid: np.ndarray, eos_ids) -> tuple:
     return np.asarray(advantages), loss_mask.astype(np.float32), ended
 
 
+
+
+def batch_metrics(c, gen: Generation, ended: np.ndarray, *, update_prompt_width: int,
+                  update_completion_width: int, rows: np.ndarray | None = None,
+                  group_size: int | None = None) -> dict:
+    """The step's scalars about its batch (metrics.jsonl): rewards, lengths, truncation, groups without
+    a signal (`grpo.dynamic_sampling_metric`: accuracy by default) and without any reward difference
+    at all (shaping terms included), verifier failures. `rows`: bool[N], the rows that count (a
+    sweep's cell with group size `group_size` uses the first G of each group; None: all rows, in groups
+    of grpo.group_size)."""
+    G = group_size or c.grpo.group_size
+    pick = (lambda x: x) if rows is None else (lambda x: x[rows])  # noqa: E731
+    rewards, lengths = pick(gen.rewards), pick(gen.mask).sum(axis=1)
+    signal = pick(signal_values(c, gen))
+    return {
+        "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
+        **{k: float(np.mean(pick(v))) for k, v in gen.components.items()},  # reward_<name>, unweighted
+        "completion_length": float(lengths.mean()),
+        "completion_length_max": float(lengths.max()),
+        "prompt_length_max": float(gen.prompt_mask.sum(axis=1).max()),
+        # the update's widths: the buckets with train.length_buckets, else the configured maxima
+        "update_prompt_width": float(update_prompt_width), "update_completion_width": float(update_completion_width),
+        "truncated_fraction": float(np.mean(~pick(ended))),
+        "zero_std_fraction": float(np.mean(tied_groups(signal, G))),
+        "reward_zero_std_fraction": float(np.mean(rewards.reshape(-1, G).std(axis=1) == 0)),
+        "verifier_errors": gen.stats["verifier_errors"], "verifier_timeouts": gen.stats["verifier_timeouts"],
+    }
+
+
+def group_detail(gen: Generation, advantages: np.ndarray, valid: np.ndarray, *, group_size: int,
+                 rows: np.ndarray | None = None) -> dict:
+    """Per-group statistics of one step (groups.jsonl, read by `grpo_jax.report`): each group's mean
+    and std of the total reward (its difficulty for the policy, and whether it carries a signal), and
+    the Pearson correlation over the batch's rows between advantage and completion length (None when
+    either is constant): a positive one means longer answers are being reinforced. `valid`: the rows
+    that carry a loss (dynamic sampling's fill rows do not); `rows`: as in `batch_metrics`."""
+    keep = valid > 0 if rows is None else (valid > 0) & rows
+    per_group = keep.reshape(-1, group_size)
+    groups = per_group.any(axis=1)
+    g = int(per_group[groups][0].sum()) if groups.any() else group_size
+    rewards = gen.rewards.reshape(-1, group_size)[per_group].reshape(-1, g)
+    lengths, adv = gen.mask.sum(axis=1)[keep], np.asarray(advantages)[keep]
+    corr = None
+    if lengths.size > 1 and lengths.std() > 0 and adv.std() > 0:
+        corr = float(np.corrcoef(adv, lengths)[0, 1])
+    return {"reward_mean": rewards.mean(axis=1), "reward_std": rewards.std(axis=1), "adv_length_corr": corr}

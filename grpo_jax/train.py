@@ -82,6 +82,23 @@ def _latest_checkpoint(workdir: pathlib.Path) -> int | None:
         return ckpt.latest_step()
 
 
+def evaluate_policy(s: build.Setup, params, eval_key, step: int, writer: metrics_lib.MetricsWriter) -> dict:
+    """The eval at `step` of a run's policy `params` (greedy accuracy, pass@k / maj@k sampled as
+    training samples, with `fold_in(eval_key, step)`): returns its scalars and writes each held-out
+    problem's score to the workdir's eval_problems.jsonl."""
+    c = s.config
+    out = eval_lib.evaluate(
+        s.model_config, params, s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
+        batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
+        max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
+        temperature=c.sampling.temperature, chat=c.task.chat_template, system=c.task.system_prompt or None,
+        eos_ids=s.eos_ids, weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets,
+        top_k=c.sampling.top_k, top_p=c.sampling.top_p, per_problem=True)  # pass@k samples as training does
+    correct = out.pop("eval_correct")
+    writer.write_detail("eval_problems.jsonl", step, {"ids": list(range(len(correct))), "correct": correct})
+    return out
+
+
 def run(argv, *, stop_after: int | None = None) -> list[dict]:
     """Trains; returns the scalar metric rows written. `stop_after` ends the process's work after
     that many GRPO steps of this invocation, as a crash would (tests use it for resume)."""
@@ -167,17 +184,10 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                              temperature=c.sampling.temperature)
         # Two independent streams: step t samples with fold_in(train_key, t), eval at t with fold_in(eval_key, t).
         train_key, eval_key = (jax.random.fold_in(jax.random.key(c.train.seed), i) for i in (0, 1))
-        chat, system = c.task.chat_template, c.task.system_prompt or None
-        b, G = c.train.prompts_per_step, g.group_size
+        G = g.group_size
 
         def run_eval(step):
-            return eval_lib.evaluate(
-                s.model_config, policy_params(), s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
-                batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
-                max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
-                temperature=c.sampling.temperature, chat=chat, system=system, eos_ids=s.eos_ids,
-                weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets,
-                top_k=c.sampling.top_k, top_p=c.sampling.top_p)  # pass@k samples as training does
+            return evaluate_policy(s, policy_params(), eval_key, step, writer)
 
         if fresh:
             dropped = s.prompt_counts
@@ -207,23 +217,9 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages),
                              put(valid) if g.dynamic_sampling else None)
             state, step_metrics = step_fn(state, second, batch, hp)
-            lengths = gen.mask.sum(axis=1)
-            grouped = gen.rewards.reshape(b, G)
-            host = {
-                "reward_mean": float(np.mean(gen.rewards)), "reward_std": float(np.std(gen.rewards)),
-                **{k: float(np.mean(v)) for k, v in gen.components.items()},  # reward_<name>, unweighted
-                "completion_length": float(lengths.mean()),
-                "completion_length_max": float(lengths.max()),
-                "prompt_length_max": float(gen.prompt_mask.sum(axis=1).max()),
-                # the update's widths: the buckets with train.length_buckets, else the configured maxima
-                "update_prompt_width": float(ptok.shape[1]), "update_completion_width": float(ctok.shape[1]),
-                "truncated_fraction": float(np.mean(~ended)),
-                # groups without a signal (grpo.dynamic_sampling_metric: accuracy by default), and
-                # without any reward difference at all (shaping terms included)
-                "zero_std_fraction": float(np.mean(rollout.tied_groups(rollout.signal_values(c, gen), G))),
-                "reward_zero_std_fraction": float(np.mean(grouped.std(axis=1) == 0)),
-                "verifier_errors": gen.stats["verifier_errors"], "verifier_timeouts": gen.stats["verifier_timeouts"],
-            } | sampled_metrics  # dynamic sampling: reward statistics over everything it sampled
+            host = rollout.batch_metrics(c, gen, ended, update_prompt_width=ptok.shape[1],
+                                         update_completion_width=ctok.shape[1]) | sampled_metrics
+            # dynamic sampling: reward statistics over everything it sampled (sampled_metrics)
             done += 1
             now = step + 1
             is_ckpt = c.train.checkpoint_every and now % c.train.checkpoint_every == 0 or now == c.train.steps
@@ -245,6 +241,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                 if is_eval:
                     row |= run_eval(now)
                 log(now, row)
+                writer.write_detail("groups.jsonl", now, rollout.group_detail(gen, advantages, valid, group_size=G))
                 if is_samples:
                     e = gen.examples[0]
                     writer.write_text(now, "completion", f"{e.prompt} -> {gen.completions[0]!r} "

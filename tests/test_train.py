@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from grpo_jax import config as cfg_lib
@@ -64,6 +65,20 @@ def test_straight_run_writes_the_workdir_contract(straight):
     assert [r["sft_step"] for r in rows if "sft_validation_accuracy" in r] == [15]
     samples = metrics_lib.read_metrics(straight, kind="samples")
     assert [s["step"] for s in samples] == [3, 6]
+    # Each held-out problem's score at every eval, and per-group statistics of every logged step.
+    evals = metrics_lib.read_detail(straight, "eval_problems.jsonl")
+    accuracy = {r["step"]: r["eval_accuracy"] for r in rows if "eval_accuracy" in r}
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    for e in evals:
+        assert e["ids"] == list(range(16)) and np.mean(e["correct"]) == pytest.approx(accuracy[e["step"]])
+    groups = metrics_lib.read_detail(straight, "groups.jsonl")
+    assert [g["step"] for g in groups] == [1, 2, 3, 4, 5, 6]
+    by_step = {r["step"]: r for r in rows}
+    for g in groups:
+        assert len(g["reward_mean"]) == len(g["reward_std"]) == 4
+        assert np.mean(g["reward_mean"]) == pytest.approx(by_step[g["step"]]["reward_mean"], abs=1e-6)
+        assert np.mean(np.asarray(g["reward_std"]) == 0) == pytest.approx(
+            by_step[g["step"]]["reward_zero_std_fraction"])
     config = cfg_lib.from_dict(json.loads((straight / "config.json").read_text()))
     assert config.train.steps == 6 and config.model.hidden_size == 32
     assert sorted(p.name for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "3", "6"]
@@ -76,6 +91,8 @@ def test_resume_is_exact(straight, tmp_path):
     assert [r["step"] for r in rows_without_timing(tmp_path)][-1] == 3
     train.run(argv(tmp_path, "mesh.data=1", "mesh.fsdp=1"))
     assert rows_without_timing(tmp_path) == rows_without_timing(straight)
+    for name in metrics_lib.DETAIL_FILES:  # repaired on resume like metrics.jsonl
+        assert metrics_lib.read_detail(tmp_path, name) == metrics_lib.read_detail(straight, name)
 
 
 def test_sharded_4x2_matches_single_device(straight, tmp_path):
