@@ -14,6 +14,8 @@ training program (`grpo_jax.train`), the evaluation program (`grpo_jax.evaluate`
 """
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 from typing import Any, Callable, NamedTuple
 
@@ -148,3 +150,89 @@ def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False, load_weigh
         params = model_lib.merge_lora(params, trained) if lora else trained
     return Setup(config, workdir, mesh, make_put(mesh), tokenizer, model_config, params, task, step,
                  eos_ids, prompt_counts, verifiers)
+
+
+def check_workdir_config(workdir: pathlib.Path, config: cfg_lib.Config) -> None:
+    """A workdir belongs to one experiment: resuming with a different config (other than a longer
+    `train.steps` or eval/log intervals) would silently mix two runs."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = cfg_lib.to_dict(schedule_horizon(cfg_lib.from_dict(json.loads(path.read_text())), None))
+    new = cfg_lib.to_dict(config)
+    free = {"train.steps", "train.log_every", "train.eval_every", "train.samples_every",
+            "train.checkpoint_every", "train.pass_k", "train.eval_batch_size", "task.eval_size"}
+    diff = [f"{s}.{k}" for s in new for k in new[s] if new[s][k] != old[s][k] and f"{s}.{k}" not in free]
+    if diff:
+        raise cfg_lib.ConfigError(f"workdir {str(workdir)!r} holds a run with a different config "
+                                  f"(keys {', '.join(diff)}); use a new --workdir")
+
+
+def schedule_horizon(config: cfg_lib.Config, workdir: pathlib.Path | None) -> cfg_lib.Config:
+    """`optim.schedule_steps` resolved: when 0, the horizon of the run already in `workdir` (its
+    config.json), else this launch's train.steps. A resume with a larger train.steps then keeps the
+    learning-rate curve of the first launch instead of stretching it mid-run."""
+    if config.optim.schedule_steps:
+        return config
+    path = None if workdir is None else workdir / "config.json"
+    if path is not None and path.exists():
+        old = cfg_lib.from_dict(json.loads(path.read_text()))
+        horizon = old.optim.schedule_steps or old.train.steps
+    else:
+        horizon = config.train.steps
+    config.optim.schedule_steps = horizon
+    return config
+
+
+def initialize_distributed(argv: list) -> list:
+    """Starts `jax.distributed` when this program is one of several processes, and returns argv
+    without the flags it read.
+
+    Flags `--coordinator_address HOST:PORT --num_processes N --process_id I` (or the environment
+    variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) start it explicitly;
+    without them, a cluster that JAX detects by itself (a multi-host Cloud TPU VM, SLURM, Open MPI,
+    Kubernetes) starts it with no arguments. Otherwise it is one process, as before.
+    """
+    flags, rest, args = {}, [], list(argv)
+    names = ("--coordinator_address", "--num_processes", "--process_id")
+    while args:
+        arg = args.pop(0)
+        name = arg.split("=", 1)[0]
+        if name in names:
+            if "=" in arg:
+                flags[name[2:]] = arg.split("=", 1)[1]
+            elif args:
+                flags[name[2:]] = args.pop(0)
+            else:
+                raise cfg_lib.ConfigError(f"{arg} needs a value")
+        else:
+            rest.append(arg)
+    for name in ("coordinator_address", "num_processes", "process_id"):
+        value = flags.get(name) or os.environ.get(f"JAX_{name.upper()}")
+        if value is not None and name != "coordinator_address":
+            try:
+                value = int(value)
+            except ValueError:
+                raise cfg_lib.ConfigError(f"--{name} (or JAX_{name.upper()}) must be an integer, got {value!r}") from None
+        if value is not None:
+            flags[name] = value
+    try:
+        from jax._src import distributed
+        if distributed.global_state.client is not None:  # started already (a second run in-process)
+            return rest
+    except (ImportError, AttributeError):
+        pass
+    if flags:
+        if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU has no other
+        jax.distributed.initialize(**flags)
+    else:
+        try:
+            from jax._src import clusters
+            detected = [env.__name__ for env in clusters.ClusterEnv._cluster_types
+                        if not env.opt_in_only_method and env.is_env_present()]
+        except Exception:  # a private API: if it moved, fall back to one process
+            detected = []
+        if detected:
+            jax.distributed.initialize()
+    return rest

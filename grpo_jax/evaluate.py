@@ -137,6 +137,23 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
     return out
 
 
+def evaluate_run(s: build.Setup, params, eval_key, step: int, writer) -> dict:
+    """The eval at `step` of a run's policy `params` (greedy accuracy, pass@k / maj@k sampled as
+    training samples, with `fold_in(eval_key, step)`): returns its scalars and writes each held-out
+    problem's score to the workdir's eval_problems.jsonl through `writer` (a metrics.MetricsWriter)."""
+    c = s.config
+    out = evaluate(
+        s.model_config, params, s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
+        batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
+        max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
+        temperature=c.sampling.temperature, chat=c.task.chat_template, system=c.task.system_prompt or None,
+        eos_ids=s.eos_ids, weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets,
+        top_k=c.sampling.top_k, top_p=c.sampling.top_p, per_problem=True)  # pass@k samples as training does
+    correct = out.pop("eval_correct")
+    writer.write_detail("eval_problems.jsonl", step, {"ids": list(range(len(correct))), "correct": correct})
+    return out
+
+
 def on_process_zero(fn, keys):
     """fn() -> {key: number} for `keys`, computed on process 0 and broadcast, so that every process
     of a multi-host run acts on the same numbers (verifiers have wall-clock limits: two hosts

@@ -83,13 +83,15 @@ def _check_loss_inputs(logps, old_logps, ref_logps, advantages, mask):
 
 def grpo_loss(logps, old_logps, ref_logps, advantages, mask, *, epsilon=0.2, epsilon_high=None,
               beta=0.04, loss_type="grpo", importance_level="token", max_completion_length=None,
-              row_mask=None):
+              row_mask=None, per_row=False):
     """Clipped-surrogate + k3 KL loss -> (scalar loss, dict of scalar metrics).
 
     logps, old_logps, ref_logps: f32[N, T] (ref_logps None: no KL term); advantages f32[N];
     mask [N, T], 1 on completion tokens. epsilon, epsilon_high, beta may be traced scalars;
     loss_type and importance_level are static. `row_mask` f32[N] (None: every row): the rows that
-    carry a loss; the others count in no sum and no denominator (module docstring).
+    carry a loss; the others count in no sum and no denominator (module docstring). `per_row`: the
+    metrics also hold "clipped_tokens" f32[N], each row's count of clipped tokens (the one non-scalar:
+    per-group clip rates, groups.jsonl).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -145,4 +147,6 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, *, epsilon=0.2, eps
         "ratio_mean": _masked_mean(ratio, mask),
         "ratio_max": jnp.max(jnp.where(mask > 0, ratio, -jnp.inf), initial=0.0),
     }
+    if per_row:
+        metrics["clipped_tokens"] = ((low | high).astype(jnp.float32) * mask).sum(axis=1)
     return loss, metrics

@@ -85,7 +85,7 @@ LIBTPU_PIN = "0.0.42"  # jax 0.10.2's [tpu] extra pins libtpu 0.0.42.*; pyprojec
 # CompileTimeHbmOom message); the others are the nominal size minus the same 1/64 reserve.
 HBM_GIB = {"v5e": 15.75, "v6e": 31.5, "v5p": 93.5, "v4": 31.5}
 USAGE = ("usage: python -m grpo_jax.plan --config experiments/NAME.py --topology v5e-8|v5e:4x4|cpu "
-         "[--search N] [--config.section.key=value ...]")
+         "[--search N] [--cells C] [--config.section.key=value ...]")
 
 
 class PlanError(Exception):
@@ -373,7 +373,10 @@ def target_config(config: cfg_lib.Config, topo: Topology) -> cfg_lib.Config:
     return dataclasses.replace(config, model=dataclasses.replace(m, attention=attention))
 
 
-def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
+def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) -> Programs:
+    """The train step and sampler AOT-compilable for `topo`; `cells` > 1: those of a sweep program of
+    that many cells (`sweep.program_functions`: each cell its own train state, the reference shared
+    when every cell starts from model.path without SFT (or LoRA's base), else one per cell)."""
     config = target_config(config, topo)
     c, g = config, config.grpo
     data, fsdp = cfg_lib.mesh_shape(c, len(topo.devices))
@@ -412,17 +415,41 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
     step_fn = ts.jit_train_step(pure_step, mesh, state_sh, second_sh)
     hp = ts.HParams(*([jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)] * 4))
     P, T = c.sampling.max_prompt_length, c.sampling.max_new_tokens
+    lead = ()  # the cell axis of a sweep program
+    if cells > 1:
+        from grpo_jax import sweep
+
+        def stack(tree):
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct((cells, *x.shape), x.dtype, sharding=NamedSharding(
+                mesh, PartitionSpec(None, *x.sharding.spec))), tree)
+
+        shared = lora or (bool(c.model.path) and c.sft.steps == 0)
+        state = stack(state)
+        if second is not None and not shared:
+            second = stack(second)
+        second_sh = jax.tree.map(lambda x: x.sharding, second) if second is not None else None
+        step_fn, program_sampler = sweep.program_functions(
+            c, mc, optimizer, mesh, eos_ids=eos_ids, use_reference=use_reference,
+            second_axis=None if second is None or shared else 0,
+            state_sh=jax.tree.map(lambda x: x.sharding, state), second_sh=second_sh)
+        cell_scalar = jax.ShapeDtypeStruct((cells,), jnp.float32, sharding=replicated)
+        hp = ts.HParams(*([cell_scalar] * 4))
+        lead = (cells,)
 
     def rows(b):
         return b * g.group_size
 
     def sds(shape, dtype):
+        if lead:
+            return jax.ShapeDtypeStruct((*lead, *shape), dtype, sharding=sweep.program_batch_sharding(mesh))
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
 
     def train(b):
         n = rows(b)
         batch = ts.Batch(sds((n, P), jnp.int32), sds((n, P), jnp.int32), sds((n, T), jnp.int32),
                          sds((n, T), jnp.float32), sds((n,), jnp.float32))
+        if lead:
+            return compile_one(step_fn, state, second, batch, hp, cell_scalar)
         return compile_one(step_fn, state, second, batch, hp)
 
     sampler_rows = cfg_lib.sampler_chunk_rows(c)  # what one rollout.sample_rows call decodes at once
@@ -433,6 +460,10 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
         policy = base if lora else trained
         prompt_sh = sharding.batch_sharding(mesh, 2) if mesh.size > 1 else None
         key_sds = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+        if lead:  # the program's sampler: every cell's policy, prompts and key
+            keys = jax.ShapeDtypeStruct((cells, *key.shape), key.dtype, sharding=replicated)
+            return compile_one(program_sampler, state.params, base if lora else None, sds((n, P), jnp.int32),
+                               sds((n, P), jnp.int32), keys, cell_scalar)
         return compile_one(sampling._sample_jit, mc, policy, sds((n, P), jnp.int32), sds((n, P), jnp.int32),
                            key_sds, jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
                            jax.ShapeDtypeStruct((len(eos_ids),), jnp.int32, sharding=replicated),
@@ -442,11 +473,12 @@ def build_programs(config: cfg_lib.Config, topo: Topology) -> Programs:
 
     n = rows(c.train.prompts_per_step)
     batch_bytes = (2 * n * P * 4 + 2 * n * T * 4 + n * 4) // len(topo.devices[: data * fsdp])
-    resident = {"weights": per_chip_bytes(trained if not lora else base),
-                "adapters": per_chip_bytes(trained) if lora else 0,
-                "opt_state": per_chip_bytes(opt_state),
+    per_cell = cells if lead else 1
+    resident = {"weights": per_chip_bytes(trained if not lora else base) * (1 if lora else per_cell),
+                "adapters": per_chip_bytes(trained) * per_cell if lora else 0,
+                "opt_state": per_chip_bytes(opt_state) * per_cell,
                 "reference": per_chip_bytes(second) if use_reference and not lora else 0,
-                "batch": batch_bytes, "mesh": (data, fsdp)}
+                "batch": batch_bytes * per_cell, "mesh": (data, fsdp)}
     return Programs(train, sample, resident, mc, sampler_rows, pure_step.shared_group_size)
 
 
@@ -479,12 +511,14 @@ def without_weights(config: cfg_lib.Config) -> tuple[cfg_lib.Config, str | None]
             f"model.path {m.path!r} is not here: planning the architecture written in the model section")
 
 
-def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -> dict:
+def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None, cells: int = 1) -> dict:
     config, weights_note = without_weights(config)
     data, fsdp = cfg_lib.mesh_shape(config, len(topo.devices))
     asked = config.model.attention
     config = target_config(config, topo)
-    progs = build_programs(config, topo)
+    if cells < 1:
+        raise cfg_lib.ConfigError(f"--cells {cells}: need at least 1")
+    progs = build_programs(config, topo, cells=cells)
     mc, res = progs.model_config, progs.resident
     B, G = config.train.prompts_per_step, config.grpo.group_size
     P, T = config.sampling.max_prompt_length, config.sampling.max_new_tokens
@@ -502,6 +536,9 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
         f"{f' LoRA r={mc.lora_rank}' if mc.lora_rank else ''}; batch B={B} x G={G} = {B * G} rows, "
         f"P={P} + T={T} tokens, M={config.train.num_minibatches} K={config.train.steps_per_generation} "
         f"mu={config.grpo.num_iterations} beta={config.grpo.beta}")
+    if cells > 1:
+        say(f"sweep program: {cells} cells (grpo_jax.sweep: one train state per cell, vmapped step and sampler; "
+            f"the memory below is all of them)")
     per_call = cfg_lib.sampler_rows(config)
     say(f"attention: {mc.attention}{f' (model.attention={asked})' if asked != mc.attention else ''}; "
         f"shared prefix: " + (f"{progs.shared_group} rows per prompt in each update chunk" if progs.shared_group > 1
@@ -626,7 +663,23 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
             say("to fit the train step: raise train.num_minibatches (gradient accumulation), use "
                 "model.scan_layers=true with model.remat=full, model.attention=auto (a flash kernel), mesh.fsdp, "
                 "model.dtype=bfloat16 or model.lora_rank, or lower train.prompts_per_step or the lengths")
-    result = {"fits": fits, "per_chip_gib": per_chip / GiB, "hbm_gib": hbm / GiB,
+    max_cells = cells if fits else None
+    if cells > 1 and not fits:  # how many cells one program can carry here: halve until it fits
+        c_try = cells // 2
+        while c_try >= 1 and max_cells is None:
+            say(f"cells: compiling the program at {c_try} cells ...")
+            r = build_programs(config, topo, cells=c_try)
+            t_, s_ = r.train(B), r.sample()
+            compile_s += t_.seconds + s_.seconds
+            beside_c = r.resident["opt_state"] + r.resident["reference"] + (
+                r.resident["weights"] + r.resident["adapters"] if lora else 0)
+            if t_.ok and s_.ok and max(t_.peak, s_.peak + beside_c) <= hbm:
+                max_cells = c_try
+            c_try //= 2
+        say(f"largest cells per program that fits: {max_cells or 'none'}  "
+            f"[python -m grpo_jax.sweep ... --cells_per_program {max_cells or 1}]")
+    result = {"fits": fits, "per_chip_gib": per_chip / GiB, "hbm_gib": hbm / GiB, "cells": cells,
+              "max_cells": max_cells,
               "temp_gib": max(tr.temp if tr.ok else 0, sp.temp if sp.ok else 0) / GiB,
               "params_gib": (res["weights"] + res["adapters"]) / GiB, "opt_state_gib": res["opt_state"] / GiB,
               "flops_per_step": total_flops, "compile_s": compile_s,
@@ -634,12 +687,13 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None) -
               "train_peak_gib": train_peak / GiB, "sample_peak_gib": sample_peak / GiB}
     say(f"RESULT fits={'true' if fits else 'false'} per_chip_gib={per_chip / GiB:.4g} hbm_gib={hbm / GiB:.4g} "
         f"temp_gib={result['temp_gib']:.4g} params_gib={result['params_gib']:.4g} "
-        f"opt_state_gib={result['opt_state_gib']:.4g} flops_per_step={total_flops:.4g} compile_s={compile_s:.1f}")
+        f"opt_state_gib={result['opt_state_gib']:.4g} flops_per_step={total_flops:.4g} compile_s={compile_s:.1f}"
+        + (f" cells={cells} max_cells={max_cells or 0}" if cells > 1 else ""))
     return result
 
 
-def parse_args(argv) -> tuple[cfg_lib.Config, str, int]:
-    path, topology, search, overrides = None, None, 0, []
+def parse_args(argv) -> tuple[cfg_lib.Config, str, int, int]:
+    path, topology, search, cells, overrides = None, None, 0, 1, []
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -652,7 +706,7 @@ def parse_args(argv) -> tuple[cfg_lib.Config, str, int]:
                 item = f"{item}={args.pop(0)}"
             overrides.append(item)
             continue
-        if name not in ("--config", "--topology", "--search"):
+        if name not in ("--config", "--topology", "--search", "--cells"):
             raise cfg_lib.ConfigError(f"unknown argument {arg!r}; {USAGE}")
         if not eq:
             if not args:
@@ -663,10 +717,14 @@ def parse_args(argv) -> tuple[cfg_lib.Config, str, int]:
         elif name == "--topology":
             topology = value
         else:
-            search = int(value)
+            try:
+                number = int(value)
+            except ValueError:
+                raise cfg_lib.ConfigError(f"{name} must be an integer, got {value!r}") from None
+            search, cells = (number, cells) if name == "--search" else (search, number)
     if path is None or topology is None:
         raise cfg_lib.ConfigError(USAGE)
-    return cfg_lib.load_config(path, overrides), topology, search
+    return cfg_lib.load_config(path, overrides), topology, search, cells
 
 
 def main(argv=None) -> int:
@@ -675,9 +733,9 @@ def main(argv=None) -> int:
         print(USAGE + "\n\n" + __doc__)
         return 0
     try:
-        config, topology, search = parse_args(argv)
+        config, topology, search, cells = parse_args(argv)
         topo = get_topology(topology)
-        plan(config, topo, search=search)
+        plan(config, topo, search=search, cells=cells)
     except (cfg_lib.ConfigError, PlanError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

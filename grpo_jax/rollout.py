@@ -272,12 +272,16 @@ def batch_metrics(c, gen: Generation, ended: np.ndarray, *, update_prompt_width:
 
 
 def group_detail(gen: Generation, advantages: np.ndarray, valid: np.ndarray, *, group_size: int,
-                 rows: np.ndarray | None = None) -> dict:
+                 rows: np.ndarray | None = None, clipped: np.ndarray | None = None,
+                 loss_mask: np.ndarray | None = None, passes: int = 1) -> dict:
     """Per-group statistics of one step (groups.jsonl, read by `grpo_jax.report`): each group's mean
     and std of the total reward (its difficulty for the policy, and whether it carries a signal), and
     the Pearson correlation over the batch's rows between advantage and completion length (None when
     either is constant): a positive one means longer answers are being reinforced. `valid`: the rows
-    that carry a loss (dynamic sampling's fill rows do not); `rows`: as in `batch_metrics`."""
+    that carry a loss (dynamic sampling's fill rows do not); `rows`: as in `batch_metrics`.
+    `clipped` f32[N] (the step's clipped tokens per row over its `passes` = grpo.num_iterations passes,
+    `train_step.pop_row_metrics`) and the update's `loss_mask` [N, T] add each group's clip rate:
+    clipped tokens / (its loss tokens x passes)."""
     keep = valid > 0 if rows is None else (valid > 0) & rows
     per_group = keep.reshape(-1, group_size)
     groups = per_group.any(axis=1)
@@ -287,4 +291,9 @@ def group_detail(gen: Generation, advantages: np.ndarray, valid: np.ndarray, *, 
     corr = None
     if lengths.size > 1 and lengths.std() > 0 and adv.std() > 0:
         corr = float(np.corrcoef(adv, lengths)[0, 1])
-    return {"reward_mean": rewards.mean(axis=1), "reward_std": rewards.std(axis=1), "adv_length_corr": corr}
+    out = {"reward_mean": rewards.mean(axis=1), "reward_std": rewards.std(axis=1), "adv_length_corr": corr}
+    if clipped is not None:
+        tokens = (np.asarray(loss_mask).sum(axis=1) * keep).reshape(-1, group_size)[groups].sum(axis=1)
+        hits = (np.asarray(clipped) * keep).reshape(-1, group_size)[groups].sum(axis=1)
+        out["clip_fraction"] = hits / np.maximum(tokens * passes, 1.0)
+    return out

@@ -480,19 +480,19 @@ def expand_grid(config_path, overrides, grid: dict, seeds: int, workdir, *, num_
 
 def _program_key(cell: Cell):
     """What must be equal for cells to share one compiled program: the config without VMAPPED_KEYS.
-    DAPO dynamic sampling (a per-cell host loop) and LoRA after SFT run alone."""
+    DAPO dynamic sampling (a per-cell host loop) runs each cell alone, through the trainer."""
     from grpo_jax import config as cfg_lib
     d = cfg_lib.to_dict(cell.config)
     for key in VMAPPED_KEYS:
         section, name = key.split(".")
         d[section] = {k: v for k, v in d[section].items() if k != name}
-    alone = cell.config.grpo.dynamic_sampling or (cell.config.model.lora_rank > 0 and cell.config.sft.steps > 0)
+    alone = cell.config.grpo.dynamic_sampling
     return json.dumps(d, sort_keys=True, default=str) + (f"#alone{cell.index}" if alone else "")
 
 
 def plan_programs(cells: list, *, cells_per_program: int | None = None, one_program: bool = False) -> list:
-    """Cells partitioned into programs (lists of cells, each run as one vmapped program; a list of one
-    is an ordinary `train.run`), at most `cells_per_program` each. `one_program`: refuse a grid that
+    """Cells partitioned into programs (lists of cells, each run as one vmapped program; a cell with
+    dynamic sampling runs alone through `python -m grpo_jax.train`), at most `cells_per_program` each. `one_program`: refuse a grid that
     needs more than one kind of program, naming the keys that cannot vary inside one."""
     from grpo_jax import ConfigError
     from grpo_jax import config as cfg_lib
@@ -505,7 +505,7 @@ def plan_programs(cells: list, *, cells_per_program: int | None = None, one_prog
         differ = sorted({f"{s}.{k}" for cell in cells for s, sec in cfg_lib.to_dict(cell.config).items()
                          for k, v in sec.items() if v != first[s][k]} - set(VMAPPED_KEYS))
         why = f"keys {', '.join(differ)} cannot vary inside one program" if differ else \
-            "grpo.dynamic_sampling (or LoRA after SFT) runs each cell alone"
+            "grpo.dynamic_sampling runs each cell alone"
         raise ConfigError(f"--one_program: {why} (vmapped: {', '.join(VMAPPED_KEYS)})")
     size = cells_per_program or len(cells)
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
@@ -561,6 +561,56 @@ def _cell(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
 
+def program_batch_sharding(mesh):
+    """[C, N, ...] arrays of a program: the cell axis replicated, the rows over the batch axes."""
+    from grpo_jax import sharding
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+
+
+def program_functions(c0, mc: model_lib.ModelConfig, optimizer: optax.GradientTransformation, mesh, *, eos_ids,
+                      use_reference: bool, second_axis, state_sh, second_sh):
+    """The two jitted programs of a sweep program of C cells (config `c0`, its group size G_max):
+
+      step(state [C], second, batch [C, N, ...], hparams [C], lr_factor [C]) -> (state, metrics [C])
+          vmapped `train_step.build_train_step` (the trainer's step), the state donated; `second` is the
+          reference or LoRA's frozen base, shared (second_axis None) or one per cell (0)
+      sample(params [C], frozen, prompt_tokens [C, N, P], prompt_mask, keys [C], temperatures [C])
+          -> (tokens, mask) [C, N, T]: vmapped `sampling.sample_traced`, G_max rows per prompt
+
+    `state_sh`: the stacked TrainState shardings. `grpo_jax.plan --cells C` compiles the same two."""
+    from grpo_jax import sharding
+
+    g, sp = c0.grpo, c0.sampling
+    lora = mc.lora_rank > 0
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sh = program_batch_sharding(mesh)
+
+    def cell_step(state, second, batch, hp, lr_factor):
+        step = ts.build_train_step(
+            mc, _scaled_updates(optimizer, lr_factor), loss_type=g.loss_type,
+            importance_level=g.importance_level, num_iterations=g.num_iterations,
+            num_minibatches=c0.train.num_minibatches, steps_per_generation=c0.train.steps_per_generation,
+            use_reference=use_reference, max_completion_length=sp.max_new_tokens, lora=lora,
+            shared_prefix=c0.train.shared_prefix, group_size=g.group_size)
+        return step(state, second, batch, hp)
+
+    step_fn = jax.jit(sharding.under_mesh(jax.vmap(cell_step, in_axes=(0, second_axis, 0, 0, 0)), mesh),
+                      in_shardings=(state_sh, second_sh, batch_sh, rep, rep),
+                      out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+    def sample_cells(params, frozen, ptok, pmask, step_keys, temps):
+        def one(p, t, m, k, temp):
+            r = sampling.sample_traced(mc, model_lib.merge_lora(frozen, p) if lora else p, t, m, k,
+                                       max_new_tokens=sp.max_new_tokens, eos_id=eos_ids, temperature=temp,
+                                       top_k=sp.top_k, top_p=sp.top_p, group_size=g.group_size, logps=False)
+            return r.tokens, r.mask
+        return jax.vmap(one)(params, ptok, pmask, step_keys, temps)
+
+    sampler = jax.jit(sample_cells, in_shardings=(state_sh.params, second_sh if lora else None, batch_sh, batch_sh,
+                                                  rep, rep), out_shardings=batch_sh)
+    return step_fn, sampler
+
+
 def run_program(cells: list, *, log=print) -> None:
     """Trains the cells of one program (`plan_programs`) together: per step, one vmapped sampler call
     for every cell (G_max completions per prompt), each cell's completions scored by its verifiers on
@@ -577,15 +627,15 @@ def run_program(cells: list, *, log=print) -> None:
     from grpo_jax import checkpoint as ckpt_lib
     from grpo_jax import config as cfg_lib
     from grpo_jax import metrics as metrics_lib
+    from grpo_jax import evaluate as eval_lib
     from grpo_jax import tasks as tasks_lib
-    from grpo_jax import train as train_lib
     from grpo_jax import weights as weights_lib
 
     C = len(cells)
     configs = []
     for cell in cells:  # the trainer's own checks and config.json, per cell
-        config = train_lib._with_schedule_horizon(cfg_lib.from_dict(cfg_lib.to_dict(cell.config)), cell.workdir)
-        train_lib._check_workdir_config(cell.workdir, config)
+        config = build.schedule_horizon(cfg_lib.from_dict(cfg_lib.to_dict(cell.config)), cell.workdir)
+        build.check_workdir_config(cell.workdir, config)
         configs.append(config)
     g_max = max(c.grpo.group_size for c in configs)
     c0 = cfg_lib.from_dict(cfg_lib.to_dict(configs[0]))
@@ -696,26 +746,13 @@ def run_program(cells: list, *, log=print) -> None:
         refs_by_cell = refs
         start = start or 0
 
-        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+        batch_sh = program_batch_sharding(mesh)
         put = lambda x: jax.make_array_from_callback(  # noqa: E731  [C, N, ...] numpy, rows over the batch axes
             np.shape(x), batch_sh, lambda idx, x=np.asarray(x): x[idx])
-        g = c0.grpo
         row_masks = [np.arange(c0.train.prompts_per_step * g_max) % g_max < c.grpo.group_size for c in configs]
         use_row_mask = any(c.grpo.group_size < g_max for c in configs)
-
-        def cell_step(state, second, batch, hp, lr_factor):
-            step = ts.build_train_step(
-                mc, _scaled_updates(optimizer, lr_factor), loss_type=g.loss_type,
-                importance_level=g.importance_level, num_iterations=g.num_iterations,
-                num_minibatches=c0.train.num_minibatches, steps_per_generation=c0.train.steps_per_generation,
-                use_reference=use_reference, max_completion_length=c0.sampling.max_new_tokens, lora=lora,
-                shared_prefix=c0.train.shared_prefix, group_size=g_max)
-            return step(state, second, batch, hp)
-
-        step_fn = jax.jit(sharding.under_mesh(jax.vmap(cell_step, in_axes=(0, second_axis, 0, 0, 0)), mesh),
-                          in_shardings=(stacked_state_sh, second_sh, batch_sh, rep, rep),
-                          out_shardings=(stacked_state_sh, rep), donate_argnums=(0,))
+        step_fn, sampler = program_functions(c0, mc, optimizer, mesh, eos_ids=s.eos_ids, use_reference=use_reference,
+                                             second_axis=second_axis, state_sh=stacked_state_sh, second_sh=second_sh)
         hp = jax.tree.map(lambda *x: jnp.stack(x), *[ts.make_hparams(
             epsilon=c.grpo.epsilon, epsilon_high=c.grpo.epsilon_high, beta=c.grpo.beta,
             temperature=c.sampling.temperature) for c in configs])
@@ -729,17 +766,6 @@ def run_program(cells: list, *, log=print) -> None:
             return model_lib.merge_lora(base, params) if lora else params
 
         sp = c0.sampling
-
-        def sample_cells(params, frozen, ptok, pmask, step_keys, temps):
-            def one(p, t, m, k, temp):
-                r = sampling.sample_traced(mc, model_lib.merge_lora(frozen, p) if lora else p, t, m, k,
-                                           max_new_tokens=sp.max_new_tokens, eos_id=s.eos_ids, temperature=temp,
-                                           top_k=sp.top_k, top_p=sp.top_p, group_size=g_max, logps=False)
-                return r.tokens, r.mask
-            return jax.vmap(one)(params, ptok, pmask, step_keys, temps)
-
-        sampler = jax.jit(sample_cells, in_shardings=(stacked_state_sh.params, second_sh if lora else None,
-                                                      batch_sh, batch_sh, rep, rep), out_shardings=batch_sh)
 
         def generate(step):
             """Every cell's Generation for `step` (prompts of its own data order), and the sampler time."""
@@ -783,7 +809,7 @@ def run_program(cells: list, *, log=print) -> None:
                 dropped = setups[i].prompt_counts
                 row = {k: float(v) for k, v in dropped.items()}
                 if c.train.eval_every:
-                    row |= train_lib.evaluate_policy(setups[i], policy(_cell(state.params, i)), keys[i][1], 0,
+                    row |= eval_lib.evaluate_run(setups[i], policy(_cell(state.params, i)), keys[i][1], 0,
                                                      writers[i])
                 writers[i].write(0, row)
                 ckpts[i].save(0, build.checkpoint_tree(c, _cell(state, i), _ref(refs_by_cell, second, second_axis, i)),
@@ -821,6 +847,7 @@ def run_program(cells: list, *, log=print) -> None:
             batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages),
                              put(np.stack(row_masks).astype(np.float32)) if use_row_mask else None)
             state, step_metrics = step_fn(state, second, batch, hp, lr_factor)
+            step_metrics, row_clipped = ts.pop_row_metrics(step_metrics)  # [C] scalars, [C, N]
             now = step + 1
             fetched = None
             for j, (c, cell) in enumerate(zip(configs, cells)):
@@ -831,7 +858,7 @@ def run_program(cells: list, *, log=print) -> None:
                 is_samples = t_.samples_every and now % t_.samples_every == 0
                 if now % t_.log_every == 0 or is_ckpt or is_eval or is_samples:
                     if fetched is None:
-                        fetched = jax.device_get(step_metrics)
+                        fetched, clipped = jax.device_get((step_metrics, row_clipped))
                         t3 = time.perf_counter()
                     cell_metrics = {k: float(v[j]) for k, v in fetched.items()}
                     if not np.isfinite(cell_metrics["loss"]):
@@ -844,11 +871,13 @@ def run_program(cells: list, *, log=print) -> None:
                            "sample_seconds": sample_seconds, "reward_seconds": reward_seconds,
                            "update_seconds": t3 - t2, "step_seconds": t3 - t0, "sweep_cells": float(C)}
                     if is_eval:
-                        row |= train_lib.evaluate_policy(setups[j], policy(_cell(state.params, j)), keys[j][1], now,
+                        row |= eval_lib.evaluate_run(setups[j], policy(_cell(state.params, j)), keys[j][1], now,
                                                          writers[j])
                     writers[j].write(now, row)
+                    used = row_masks[j]
                     writers[j].write_detail("groups.jsonl", now, rollout.group_detail(
-                        sub, adv[row_masks[j]], np.ones(int(row_masks[j].sum())), group_size=c.grpo.group_size))
+                        sub, adv[used], np.ones(int(used.sum())), group_size=c.grpo.group_size,
+                        clipped=clipped[j][used], loss_mask=per_cell[j][2][used], passes=c.grpo.num_iterations))
                     if is_samples:
                         e = sub.examples[0]
                         writers[j].write_text(now, "completion", f"{e.prompt} -> {sub.completions[0]!r} "
@@ -882,7 +911,6 @@ def run_grid(argv) -> list:
     import sys
 
     from grpo_jax import config as cfg_lib
-    from grpo_jax import train as train_lib
 
     parser = argparse.ArgumentParser(prog="python -m grpo_jax.sweep", usage=SWEEP_USAGE, add_help=False)
     parser.add_argument("--config", required=True)
@@ -916,10 +944,14 @@ def run_grid(argv) -> list:
     log(f"sweep: {len(cells)} cells ({len(cells) // known.seeds} configurations x {known.seeds} seeds) in "
         f"{len(programs)} program(s): " + ", ".join(str(len(p)) for p in programs))
     for program in programs:
-        if len(program) == 1:  # nothing to share: the trainer itself
+        if program[0].config.grpo.dynamic_sampling:  # a host loop per cell: the trainer itself, as a child
+            import subprocess
             cell = program[0]
-            train_lib.run(["--config", str(known.config), "--workdir", str(cell.workdir)]
-                          + [f"--config.{o}" for o in cell.overrides])
+            argv = [sys.executable, "-m", "grpo_jax.train", "--config", str(known.config), "--workdir",
+                    str(cell.workdir)] + [f"--config.{o}" for o in cell.overrides]
+            if subprocess.run(argv).returncode:
+                raise cfg_lib.ConfigError(f"the trainer failed on cell {cell.workdir} (its output is above): "
+                                          + " ".join(argv[1:]))
         else:
             run_program(program, log=log)
     return cells
@@ -928,15 +960,15 @@ def run_grid(argv) -> list:
 def main(argv=None) -> int:
     import sys
 
+    from grpo_jax import build
     from grpo_jax import config as cfg_lib
-    from grpo_jax import train as train_lib
 
     argv = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(argv):
         print(SWEEP_USAGE + "\n\nGrid keys vmapped inside one program: " + ", ".join(VMAPPED_KEYS))
         return 0
     try:
-        argv = train_lib.initialize_distributed(argv)
+        argv = build.initialize_distributed(argv)
         cells = run_grid(argv)
     except cfg_lib.ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -16,7 +16,7 @@ end; checkpoints every `train.checkpoint_every` steps and at the end. Running ag
 workdir resumes from the last checkpoint, exactly: step t's sampling key is fold_in(key, t) and its
 prompts a pure function of t, so nothing but params, optimizer state and step needs restoring.
 Launched as several processes (a multi-host TPU VM, or the --coordinator_address flags), it starts
-`jax.distributed` first (`initialize_distributed`).
+`jax.distributed` first (`build.initialize_distributed`).
 """
 
 import json
@@ -43,38 +43,6 @@ from grpo_jax import train_step as ts
 from grpo_jax import weights as weights_lib
 
 
-def _check_workdir_config(workdir: pathlib.Path, config: cfg_lib.Config) -> None:
-    """A workdir belongs to one experiment: resuming with a different config (other than a longer
-    `train.steps` or eval/log intervals) would silently mix two runs."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return
-    old = cfg_lib.to_dict(_with_schedule_horizon(cfg_lib.from_dict(json.loads(path.read_text())), None))
-    new = cfg_lib.to_dict(config)
-    free = {"train.steps", "train.log_every", "train.eval_every", "train.samples_every",
-            "train.checkpoint_every", "train.pass_k", "train.eval_batch_size", "task.eval_size"}
-    diff = [f"{s}.{k}" for s in new for k in new[s] if new[s][k] != old[s][k] and f"{s}.{k}" not in free]
-    if diff:
-        raise cfg_lib.ConfigError(f"workdir {str(workdir)!r} holds a run with a different config "
-                                  f"(keys {', '.join(diff)}); use a new --workdir")
-
-
-def _with_schedule_horizon(config: cfg_lib.Config, workdir: pathlib.Path | None) -> cfg_lib.Config:
-    """`optim.schedule_steps` resolved: when 0, the horizon of the run already in `workdir` (its
-    config.json), else this launch's train.steps. A resume with a larger train.steps then keeps the
-    learning-rate curve of the first launch instead of stretching it mid-run."""
-    if config.optim.schedule_steps:
-        return config
-    path = None if workdir is None else workdir / "config.json"
-    if path is not None and path.exists():
-        old = cfg_lib.from_dict(json.loads(path.read_text()))
-        horizon = old.optim.schedule_steps or old.train.steps
-    else:
-        horizon = config.train.steps
-    config.optim.schedule_steps = horizon
-    return config
-
-
 def _latest_checkpoint(workdir: pathlib.Path) -> int | None:
     if not (workdir / "checkpoints").exists():
         return None
@@ -82,33 +50,16 @@ def _latest_checkpoint(workdir: pathlib.Path) -> int | None:
         return ckpt.latest_step()
 
 
-def evaluate_policy(s: build.Setup, params, eval_key, step: int, writer: metrics_lib.MetricsWriter) -> dict:
-    """The eval at `step` of a run's policy `params` (greedy accuracy, pass@k / maj@k sampled as
-    training samples, with `fold_in(eval_key, step)`): returns its scalars and writes each held-out
-    problem's score to the workdir's eval_problems.jsonl."""
-    c = s.config
-    out = eval_lib.evaluate(
-        s.model_config, params, s.tokenizer, s.task, key=jax.random.fold_in(eval_key, step),
-        batch_size=c.train.eval_batch_size, max_prompt_length=c.sampling.max_prompt_length,
-        max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
-        temperature=c.sampling.temperature, chat=c.task.chat_template, system=c.task.system_prompt or None,
-        eos_ids=s.eos_ids, weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets,
-        top_k=c.sampling.top_k, top_p=c.sampling.top_p, per_problem=True)  # pass@k samples as training does
-    correct = out.pop("eval_correct")
-    writer.write_detail("eval_problems.jsonl", step, {"ids": list(range(len(correct))), "correct": correct})
-    return out
-
-
 def run(argv, *, stop_after: int | None = None) -> list[dict]:
     """Trains; returns the scalar metric rows written. `stop_after` ends the process's work after
     that many GRPO steps of this invocation, as a crash would (tests use it for resume)."""
     config, workdir = cfg_lib.parse_command_line(argv)
-    config = _with_schedule_horizon(config, pathlib.Path(workdir))  # validated again in setup
+    config = build.schedule_horizon(config, pathlib.Path(workdir))  # validated again in setup
     # Resuming a full fine-tune reads everything from the checkpoint: model.path's weights are not
     # loaded at all (they would only be overwritten, at 4 more bytes a parameter).
     s = build.setup(config, workdir, load_weights=_latest_checkpoint(pathlib.Path(workdir)) is None)
     c, workdir = s.config, s.workdir
-    _check_workdir_config(workdir, c)
+    build.check_workdir_config(workdir, c)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         # One writer, atomically (tmp + rename): in a multi-process run over a shared workdir the
@@ -187,7 +138,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         G = g.group_size
 
         def run_eval(step):
-            return evaluate_policy(s, policy_params(), eval_key, step, writer)
+            return eval_lib.evaluate_run(s, policy_params(), eval_key, step, writer)
 
         if fresh:
             dropped = s.prompt_counts
@@ -217,6 +168,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages),
                              put(valid) if g.dynamic_sampling else None)
             state, step_metrics = step_fn(state, second, batch, hp)
+            step_metrics, row_clipped = ts.pop_row_metrics(step_metrics)
             host = rollout.batch_metrics(c, gen, ended, update_prompt_width=ptok.shape[1],
                                          update_completion_width=ctok.shape[1]) | sampled_metrics
             # dynamic sampling: reward statistics over everything it sampled (sampled_metrics)
@@ -241,7 +193,9 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                 if is_eval:
                     row |= run_eval(now)
                 log(now, row)
-                writer.write_detail("groups.jsonl", now, rollout.group_detail(gen, advantages, valid, group_size=G))
+                writer.write_detail("groups.jsonl", now, rollout.group_detail(
+                    gen, advantages, valid, group_size=G, clipped=eval_lib.to_host(row_clipped), loss_mask=loss_mask,
+                    passes=g.num_iterations))
                 if is_samples:
                     e = gen.examples[0]
                     writer.write_text(now, "completion", f"{e.prompt} -> {gen.completions[0]!r} "
@@ -255,58 +209,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
     return rows
 
 
-def initialize_distributed(argv: list) -> list:
-    """Starts `jax.distributed` when this program is one of several processes, and returns argv
-    without the flags it read.
-
-    Flags `--coordinator_address HOST:PORT --num_processes N --process_id I` (or the environment
-    variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) start it explicitly;
-    without them, a cluster that JAX detects by itself (a multi-host Cloud TPU VM, SLURM, Open MPI,
-    Kubernetes) starts it with no arguments. Otherwise it is one process, as before.
-    """
-    flags, rest, args = {}, [], list(argv)
-    names = ("--coordinator_address", "--num_processes", "--process_id")
-    while args:
-        arg = args.pop(0)
-        name = arg.split("=", 1)[0]
-        if name in names:
-            if "=" in arg:
-                flags[name[2:]] = arg.split("=", 1)[1]
-            elif args:
-                flags[name[2:]] = args.pop(0)
-            else:
-                raise cfg_lib.ConfigError(f"{arg} needs a value")
-        else:
-            rest.append(arg)
-    for name in ("coordinator_address", "num_processes", "process_id"):
-        value = flags.get(name) or os.environ.get(f"JAX_{name.upper()}")
-        if value is not None and name != "coordinator_address":
-            try:
-                value = int(value)
-            except ValueError:
-                raise cfg_lib.ConfigError(f"--{name} (or JAX_{name.upper()}) must be an integer, got {value!r}") from None
-        if value is not None:
-            flags[name] = value
-    try:
-        from jax._src import distributed
-        if distributed.global_state.client is not None:  # started already (a second run in-process)
-            return rest
-    except (ImportError, AttributeError):
-        pass
-    if flags:
-        if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU has no other
-        jax.distributed.initialize(**flags)
-    else:
-        try:
-            from jax._src import clusters
-            detected = [env.__name__ for env in clusters.ClusterEnv._cluster_types
-                        if not env.opt_in_only_method and env.is_env_present()]
-        except Exception:  # a private API: if it moved, fall back to one process
-            detected = []
-        if detected:
-            jax.distributed.initialize()
-    return rest
+initialize_distributed = build.initialize_distributed  # where it was before it moved to build.py
 
 
 def main(argv=None) -> int:
@@ -315,7 +218,7 @@ def main(argv=None) -> int:
         print(cfg_lib.USAGE + "\n\n" + cfg_lib.help_text())
         return 0
     try:
-        argv = initialize_distributed(argv)
+        argv = build.initialize_distributed(argv)
         rows = run(argv)
     except cfg_lib.ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -220,9 +220,10 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             logps, old_logps, ref_logps, mb.advantages, mb.completion_mask, epsilon=hp.epsilon,
             epsilon_high=hp.epsilon_high, beta=hp.beta, loss_type=loss_type,
             importance_level=importance_level, max_completion_length=max_completion_length,
-            row_mask=mb.row_mask)
+            row_mask=mb.row_mask, per_row=True)
+        clipped = metrics.pop("clipped_tokens")  # [rows of the chunk]
         metrics["entropy"] = _masked_mean(stats["entropy"], mb.completion_mask.astype(jnp.float32))
-        return loss * weight, (metrics, jax.lax.stop_gradient(logps))
+        return loss * weight, (metrics, (jax.lax.stop_gradient(logps), clipped))
 
     grad_fn = jax.grad(minibatch_loss, has_aux=True)
     metric_names = ("loss", "kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high",
@@ -272,26 +273,27 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             def accumulate(acc, chunk):
                 grads_acc, met_acc = acc
                 mb, old, ref, w, share = chunk
-                grads, (met, logps) = grad_fn(params, frozen, mb, old, ref, w, on_policy, hp)
+                grads, (met, out) = grad_fn(params, frozen, mb, old, ref, w, on_policy, hp)
                 grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
                 # The loss carries its aggregation weight; token-mean metrics their token share.
                 met_acc = {k: (jnp.maximum(met_acc[k], v) if k == "ratio_max" else
                                met_acc[k] + v * (w if k == "loss" else share))
                            for k, v in met.items()}
-                return (grads_acc, met_acc), logps
+                return (grads_acc, met_acc), out
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             met0 = {k: jnp.zeros((), jnp.float32) for k in metric_names}
-            (grads, met), logps = jax.lax.scan(accumulate, (zeros, met0),
-                                               (mb_k, None if first else old_k, ref_k, w_k, share_k))
+            (grads, met), (logps, clipped) = jax.lax.scan(accumulate, (zeros, met0),
+                                                          (mb_k, None if first else old_k, ref_k, w_k, share_k))
             grad_norm = optax.global_norm(grads)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state), (met, logps, grad_norm)
+            return (params, opt_state), (met, logps, grad_norm, clipped)
 
         def iteration(carry, old, first_iteration):
             """The K optimizer updates of one pass over the batch: (carry, ([K] metrics, [K, M, ...]
-            log-probs, [K] grad norms)). `old` is None only on the first pass at K = 1."""
+            log-probs, [K] grad norms, [K, M, N/(KM)] clipped tokens per row)). `old` is None only on
+            the first pass at K = 1."""
             if K == 1:
                 xs = jax.tree.map(lambda x: x[0], (mbs, old, ref_logps, weights, token_share))
                 carry, out = optimizer_step(carry, (*xs, None), first=old is None)
@@ -300,17 +302,18 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             return jax.lax.scan(lambda c, xs: optimizer_step(c, xs, first=False), carry,
                                 (mbs, old, ref_logps, weights, token_share, on_policy))
 
-        carry, (met, logps, grad_norm) = iteration((state.params, state.opt_state), old_logps, True)
+        carry, (met, logps, grad_norm, clipped) = iteration((state.params, state.opt_state), old_logps, True)
         if old_logps is None:
             old_logps = logps  # [K, M, N/(KM), T], the sampling policy's, for passes 2..mu
         mets = [met]
         if num_iterations > 1:  # passes 2..mu: one compiled body under a scan, not mu - 1 copies
             def later(carry, _):
-                carry, (met, _, grad_norm) = iteration(carry, old_logps, False)
-                return carry, (met, grad_norm)
-            carry, (met, grad_norm) = jax.lax.scan(later, carry, None, length=num_iterations - 1)
+                carry, (met, _, grad_norm, clipped) = iteration(carry, old_logps, False)
+                return carry, (met, grad_norm, clipped)
+            carry, (met, grad_norm, later_clipped) = jax.lax.scan(later, carry, None, length=num_iterations - 1)
             mets.append(met)  # [mu - 1, K] each
             grad_norm = grad_norm[-1]
+            clipped = clipped + later_clipped.sum(0)
         params, opt_state = carry
 
         # Report the mean over the mu * K updates (at mu = K = 1: the on-policy numbers).
@@ -318,10 +321,22 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
                        sum(m[k].sum() for m in mets) / (num_iterations * K)) for k in metric_names}
         metrics["grad_norm"] = grad_norm[-1]  # of the last update, before clipping
         metrics["advantage_abs_mean"] = jnp.abs(batch.advantages).mean()
+        # [K, M, N/(KM)] -> [N]: chunk k*M + m holds rows j*K*M + k*M + m (`_split`). Summed over the
+        # mu passes; the one non-scalar (per-group clip rates, groups.jsonl: `pop_row_metrics`).
+        metrics[ROW_CLIPPED] = clipped.reshape(K * M, -1).T.reshape(n)
         return TrainState(state.step + 1, params, opt_state), metrics
 
     step.shared_group_size = share
     return step
+
+
+ROW_CLIPPED = "row_clipped_tokens"  # the step's one non-scalar metric: f32[N] clipped tokens per row, all passes
+
+
+def pop_row_metrics(metrics: dict) -> tuple[dict, jax.Array]:
+    """(the step's scalar metrics, its f32[N] clipped-token counts per row) without copying either."""
+    metrics = dict(metrics)
+    return metrics, metrics.pop(ROW_CLIPPED)
 
 
 def shared_group_size(group_size: int, chunks: int) -> int:

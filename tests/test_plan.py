@@ -21,9 +21,9 @@ def _result(out: str) -> dict:
     return dict(kv.split("=", 1) for kv in line[0].split()[1:])
 
 
-def _check(r: dict) -> None:
+def _check(r: dict, extra=()) -> None:
     assert set(r) == {"fits", "per_chip_gib", "hbm_gib", "temp_gib", "params_gib", "opt_state_gib",
-                      "flops_per_step", "compile_s"}
+                      "flops_per_step", "compile_s", *extra}
     assert r["fits"] == "true"
     for k in ("per_chip_gib", "hbm_gib", "params_gib", "opt_state_gib", "flops_per_step", "compile_s"):
         assert float(r[k]) > 0, (k, r)
@@ -100,6 +100,24 @@ def test_plan_v5e_2x2(capsys):
 
 @pytest.mark.slow
 @needs_libtpu
+def test_plan_sweep_program_of_cells(capsys):
+    """`--cells 4`: the sweep's vmapped program of 4 cells (grpo_jax.sweep.program_functions) compiled
+    for a v5e 2x2: each cell holds its own params and optimizer state (4x one run's), and it fits."""
+    assert plan.main([*TINY, "--topology", "v5e-4"]) == 0
+    one = _result(capsys.readouterr().out)
+    assert plan.main([*TINY, "--topology", "v5e-4", "--cells", "4"]) == 0
+    out = capsys.readouterr().out
+    four = _result(out)
+    _check(four, extra=("cells", "max_cells"))
+    assert (four["cells"], four["max_cells"]) == ("4", "4")
+    assert "sweep program: 4 cells" in out
+    for key in ("params_gib", "opt_state_gib"):
+        assert float(four[key]) == pytest.approx(4 * float(one[key]), rel=1e-3), key
+    assert float(four["per_chip_gib"]) > float(one["per_chip_gib"])
+
+
+@pytest.mark.slow
+@needs_libtpu
 def test_plan_multi_host_lora(capsys):
     """v5e 4x4 = 16 chips over 4 hosts, with LoRA (adapters trained, base frozen, no reference copy)."""
     assert plan.main([*TINY, "--topology", "v5e-16", "--config.model.lora_rank=4",
@@ -114,7 +132,7 @@ def test_plan_sampler_follows_weight_layout():
     chip than "replicated" (the train step is not compiled here)."""
     peaks = {}
     for layout in ("replicated", "tensor"):
-        config, topology, _ = plan.parse_args([*TINY, "--topology", "cpu", "--config.mesh.data=2",
+        config, topology, _, _ = plan.parse_args([*TINY, "--topology", "cpu", "--config.mesh.data=2",
                                                "--config.mesh.fsdp=4", f"--config.sampling.weight_layout={layout}"])
         peaks[layout] = plan.build_programs(config, plan.get_topology(topology)).sample().peak
     assert peaks["tensor"] < peaks["replicated"], peaks
@@ -128,7 +146,7 @@ def _planned_calls(monkeypatch, *args):
     train step's (args, kwargs), the sampler's)."""
     calls = []
     monkeypatch.setattr(plan, "compile_one", lambda jitted, *a, **k: calls.append((a, k)))
-    config, topology, _ = plan.parse_args([*args, "--topology", "cpu"])
+    config, topology, _, _ = plan.parse_args([*args, "--topology", "cpu"])
     progs = plan.build_programs(config, plan.get_topology(topology))
     progs.train(config.train.prompts_per_step)
     progs.sample()

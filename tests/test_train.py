@@ -76,6 +76,7 @@ def test_straight_run_writes_the_workdir_contract(straight):
     by_step = {r["step"]: r for r in rows}
     for g in groups:
         assert len(g["reward_mean"]) == len(g["reward_std"]) == 4
+        assert g["clip_fraction"] == [0.0] * 4  # mu = 1: every ratio is exactly 1
         assert np.mean(g["reward_mean"]) == pytest.approx(by_step[g["step"]]["reward_mean"], abs=1e-6)
         assert np.mean(np.asarray(g["reward_std"]) == 0) == pytest.approx(
             by_step[g["step"]]["reward_zero_std_fraction"])

@@ -102,6 +102,17 @@ def test_mu_two_goes_off_policy_and_clips():
     assert m1[0]["ratio_max"] == 1.0
     assert m2[0]["ratio_max"] > 1.2  # iteration 2 saw ratios beyond 1 + epsilon ...
     assert m2[0]["clip_fraction"] > 0  # ... and clipping switched on
+    # Per row: the clipped tokens of both passes (groups.jsonl's clip rate by difficulty). At K = 1 the
+    # token-weighted clip fraction is their total over (tokens x passes); none at mu = 1.
+    mask = np.asarray(make_batch(0).completion_mask)
+    rows = np.asarray(m2[0][ts.ROW_CLIPPED])
+    assert rows.shape == (mask.shape[0],) and np.all(rows <= 2 * mask.sum(1)) and rows.sum() > 0
+    assert rows.sum() / (2 * mask.sum()) == pytest.approx(m2[0]["clip_fraction"], rel=1e-5)
+    assert not np.asarray(m1[0][ts.ROW_CLIPPED]).any()
+    # Split into 4 strided minibatches (the same update: accumulation is exact), each row's count
+    # comes back to its own row.
+    _, m4, _ = run(mesh_of(1, 1), lr=0.1, num_iterations=2, num_minibatches=4)
+    np.testing.assert_array_equal(np.asarray(m4[0][ts.ROW_CLIPPED]), rows)
 
 
 def test_update_raises_logps_of_positive_advantage_rows():
