@@ -25,13 +25,13 @@ from grpo_jax import train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "experiments" / "quickstart.py")
 # tests/test_train.py's TINY, shortened to 2 GRPO steps; checkpoint_every=1 so the resume below
-# restores a trained step-1 state. 30 SFT steps give non-zero rewards (real advantages); the SFT
+# restores a trained step-1 state, and eval_every=1 so a straight 2-step run logs what 1 + resume does. 30 SFT steps give non-zero rewards (real advantages); the SFT
 # validation check at step 15 (early-stop path) runs on both processes too.
 TINY = [
     "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
     "model.head_dim=16", "model.intermediate_size=64", "sft.steps=30", "sft.batch_size=16",
     "sft.learning_rate=1e-2", "sft.warmup_steps=0", "train.steps=2", "train.prompts_per_step=4",
-    "grpo.group_size=4", "task.eval_size=16", "train.eval_batch_size=16", "train.eval_every=2",
+    "grpo.group_size=4", "task.eval_size=16", "train.eval_batch_size=16", "train.eval_every=1",
     "train.checkpoint_every=1", "optim.learning_rate=1e-3", "train.samples_every=1",
     "rewards.weights.format=1.0", "sft.eval_every=15", "sft.validation_size=16", "mesh.data=4", "mesh.fsdp=2",
 ]
@@ -125,8 +125,7 @@ def test_two_process_run_matches_one_process(tmp_path):
     _run_two_processes(tmp_path, multi)
 
     single = tmp_path / "single"
-    train.run(_argv(single) + ["--config.train.steps=1"])
-    train.run(_argv(single) + ["--config.train.steps=2"])
+    train.run(_argv(single))  # straight through: evals every step, so the rows are those of 1 + resume
 
     got, want = _rows(multi), _rows(single)
     assert [(r["step"], sorted(r)) for r in got] == [(r["step"], sorted(r)) for r in want]

@@ -135,10 +135,10 @@ def test_qwen_chat_template(qwen_dir):
 
 
 def test_gguf_tokenizer(smollm2_gguf):
-    import gguf
+    from grpo_jax.weights import gguf_reader
 
     tok = load_tokenizer(smollm2_gguf)
-    reader = gguf.GGUFReader(smollm2_gguf)
+    reader = gguf_reader(smollm2_gguf)  # parsed once per process: shared with the weights tests
     vocab = reader.fields["tokenizer.ggml.tokens"].contents()
     assert len(tok) == len(vocab) == 49152
     assert tok.eos_token_id == reader.fields["tokenizer.ggml.eos_token_id"].contents() == 2
