@@ -733,7 +733,11 @@ def run_program(cells: list, *, log=print) -> None:
             log(f"resumed {C} cells from step {start}")
         shared_ref = refs is not None and (shared_start or all(r is refs[0] for r in refs))
         state = _stack(states, stacked_state_sh)
-        del states
+        # One owner for the weights, the stacked state: the per-cell trees and, in a full fine-tune, the
+        # loaded weights would stay alive for the whole run (SmolLM2: 0.54 GB a copy).
+        states = trained = by_seed = None
+        if not lora:
+            base, s = None, s._replace(params=None)
         if lora:
             second, second_axis, second_sh = base, None, sharding.param_shardings(mesh, base)
         elif refs is None:
