@@ -609,6 +609,16 @@ def _plot_accuracy(at: dict, path: pathlib.Path, labels: list) -> None:
 # --------------------------------------------------------------------------------------------------
 # Markdown
 # --------------------------------------------------------------------------------------------------
+def _shown(path) -> str:
+    """`path` relative to the working directory where that is shorter (no machine paths in a
+    report that gets committed, e.g. a notebook's output)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive
+        return str(path)
+    return rel if len(rel) < len(str(path)) else str(path)
+
+
 def _f(x, signed=False) -> str:
     return "n/a" if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
 
@@ -626,7 +636,7 @@ def _table(header: list, rows: list) -> list:
 
 
 def _markdown(sweep, steps, at, acc_notes, pairs, diag, bootstrap, seed, baseline, pngs, png_note) -> str:
-    lines = [f"# Report: {sweep.path}", ""]
+    lines = [f"# Report: {_shown(sweep.path)}", ""]
     if sweep.source == "sweep":
         grid = ", ".join(f"{k} in {v}" for k, v in sweep.grid.items()) or "none"
         lines += [f"Sweep of `{sweep.config}`: grid {grid}; {len(sweep.configurations)} configurations, "
