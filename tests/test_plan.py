@@ -88,7 +88,9 @@ def test_plan_cpu(capsys):
 @pytest.mark.slow
 @needs_libtpu
 def test_plan_v5e_2x2(capsys):
-    """A tiny model on a v5e 2x2 slice (4 chips, one host): compiles (seconds), fits, sane numbers."""
+    """A tiny model on a v5e 2x2 slice (4 chips, one host): compiles (seconds), fits, sane numbers.
+    `--cells 4`: the sweep's vmapped program of 4 cells (grpo_jax.sweep.program_functions) for the
+    same slice: each cell holds its own params and optimizer state (4x one run's), and it fits."""
     assert plan.main([*TINY, "--topology", "v5e-4"]) == 0
     out = capsys.readouterr().out
     r = _result(out)
@@ -97,14 +99,6 @@ def test_plan_v5e_2x2(capsys):
     assert "4 chips over 1 host(s)" in out
     assert re.search(r"largest prompts_per_step that fits: \d+", out)
 
-
-@pytest.mark.slow
-@needs_libtpu
-def test_plan_sweep_program_of_cells(capsys):
-    """`--cells 4`: the sweep's vmapped program of 4 cells (grpo_jax.sweep.program_functions) compiled
-    for a v5e 2x2: each cell holds its own params and optimizer state (4x one run's), and it fits."""
-    assert plan.main([*TINY, "--topology", "v5e-4"]) == 0
-    one = _result(capsys.readouterr().out)
     assert plan.main([*TINY, "--topology", "v5e-4", "--cells", "4"]) == 0
     out = capsys.readouterr().out
     four = _result(out)
@@ -112,8 +106,8 @@ def test_plan_sweep_program_of_cells(capsys):
     assert (four["cells"], four["max_cells"]) == ("4", "4")
     assert "sweep program: 4 cells" in out
     for key in ("params_gib", "opt_state_gib"):
-        assert float(four[key]) == pytest.approx(4 * float(one[key]), rel=1e-3), key
-    assert float(four["per_chip_gib"]) > float(one["per_chip_gib"])
+        assert float(four[key]) == pytest.approx(4 * float(r[key]), rel=1e-3), key
+    assert float(four["per_chip_gib"]) > float(r["per_chip_gib"])
 
 
 @pytest.mark.slow
