@@ -242,47 +242,40 @@ def update_inputs(c, gen: Generation, valid: np.ndarray, eos_ids) -> tuple:
     return np.asarray(advantages), loss_mask.astype(np.float32), ended
 
 
-
-
 def batch_metrics(c, gen: Generation, ended: np.ndarray, *, update_prompt_width: int,
-                  update_completion_width: int, rows: np.ndarray | None = None,
-                  group_size: int | None = None) -> dict:
+                  update_completion_width: int) -> dict:
     """The step's scalars about its batch (metrics.jsonl): rewards, lengths, truncation, groups without
     a signal (`grpo.dynamic_sampling_metric`: accuracy by default) and without any reward difference
-    at all (shaping terms included), verifier failures. `rows`: bool[N], the rows that count (a
-    sweep's cell with group size `group_size` uses the first G of each group; None: all rows, in groups
-    of grpo.group_size)."""
-    G = group_size or c.grpo.group_size
-    pick = (lambda x: x) if rows is None else (lambda x: x[rows])  # noqa: E731
-    rewards, lengths = pick(gen.rewards), pick(gen.mask).sum(axis=1)
-    signal = pick(signal_values(c, gen))
+    at all (shaping terms included), verifier failures. `gen` holds groups of grpo.group_size rows (a
+    sweep cell passes the rows it uses)."""
+    G = c.grpo.group_size
+    rewards, lengths = gen.rewards, gen.mask.sum(axis=1)
     return {
         "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
-        **{k: float(np.mean(pick(v))) for k, v in gen.components.items()},  # reward_<name>, unweighted
+        **{k: float(np.mean(v)) for k, v in gen.components.items()},  # reward_<name>, unweighted
         "completion_length": float(lengths.mean()),
         "completion_length_max": float(lengths.max()),
         "prompt_length_max": float(gen.prompt_mask.sum(axis=1).max()),
         # the update's widths: the buckets with train.length_buckets, else the configured maxima
         "update_prompt_width": float(update_prompt_width), "update_completion_width": float(update_completion_width),
-        "truncated_fraction": float(np.mean(~pick(ended))),
-        "zero_std_fraction": float(np.mean(tied_groups(signal, G))),
+        "truncated_fraction": float(np.mean(~ended)),
+        "zero_std_fraction": float(np.mean(tied_groups(signal_values(c, gen), G))),
         "reward_zero_std_fraction": float(np.mean(rewards.reshape(-1, G).std(axis=1) == 0)),
         "verifier_errors": gen.stats["verifier_errors"], "verifier_timeouts": gen.stats["verifier_timeouts"],
     }
 
 
 def group_detail(gen: Generation, advantages: np.ndarray, valid: np.ndarray, *, group_size: int,
-                 rows: np.ndarray | None = None, clipped: np.ndarray | None = None,
-                 loss_mask: np.ndarray | None = None, passes: int = 1) -> dict:
+                 clipped: np.ndarray | None = None, loss_mask: np.ndarray | None = None, passes: int = 1) -> dict:
     """Per-group statistics of one step (groups.jsonl, read by `grpo_jax.report`): each group's mean
     and std of the total reward (its difficulty for the policy, and whether it carries a signal), and
     the Pearson correlation over the batch's rows between advantage and completion length (None when
     either is constant): a positive one means longer answers are being reinforced. `valid`: the rows
-    that carry a loss (dynamic sampling's fill rows do not); `rows`: as in `batch_metrics`.
+    that carry a loss (dynamic sampling's fill rows do not).
     `clipped` f32[N] (the step's clipped tokens per row over its `passes` = grpo.num_iterations passes,
     `train_step.pop_row_metrics`) and the update's `loss_mask` [N, T] add each group's clip rate:
     clipped tokens / (its loss tokens x passes)."""
-    keep = valid > 0 if rows is None else (valid > 0) & rows
+    keep = valid > 0
     per_group = keep.reshape(-1, group_size)
     groups = per_group.any(axis=1)
     g = int(per_group[groups][0].sum()) if groups.any() else group_size
