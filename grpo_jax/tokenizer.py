@@ -27,12 +27,14 @@ import numpy as np
 import tokenizers
 import transformers
 
-from grpo_jax import ConfigError
+from grpo_jax import ConfigError, hub
 
 # The answer-format tags of the synthetic tasks: one token each keeps sequences short on CPU.
 FORMAT_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 # The built-in character tokenizer's alphabet: every character the synthetic tasks' prompts use.
 CHAR_ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n"
+# tokenizer_config.json classes that mean "the tokenizer.json pipeline as it is" (transformers 5 / 4).
+_GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 @functools.lru_cache(maxsize=2)
@@ -41,13 +43,21 @@ def _gguf_tokenizer(path: pathlib.Path, inode: int, mtime_ns: int, size: int):
 
 
 def load_tokenizer(path: str | os.PathLike) -> transformers.PreTrainedTokenizerBase:
-    """A `transformers` tokenizer from an HF directory, a bare tokenizer.json or a .gguf file."""
-    path = pathlib.Path(path)
+    """A `transformers` tokenizer from an HF directory, a bare tokenizer.json or a .gguf file, local or
+    a Hub name (its tokenizer files fetched into huggingface_hub's cache: `grpo_jax.hub`)."""
+    path = hub.resolve(path, key="load_tokenizer(path)", allow_patterns=hub.TOKENIZER_FILES)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer path {path} does not exist")
     if path.is_dir():
         if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             raise FileNotFoundError(f"{path} holds neither tokenizer.json nor tokenizer_config.json")
+        settings = path / "tokenizer_config.json"
+        named = json.loads(settings.read_text()).get("tokenizer_class") if settings.is_file() else None
+        if named in _GENERIC_CLASSES and (path / "tokenizer.json").is_file():
+            # A tokenizer.json saved as is (the character tokenizer, or any plain `tokenizers`
+            # pipeline): AutoTokenizer would pick the class of config.json's model_type instead
+            # (Qwen2Tokenizer for a qwen2 model) and replace its pre-tokenizer, dropping spaces.
+            return transformers.PreTrainedTokenizerFast.from_pretrained(str(path))
         return transformers.AutoTokenizer.from_pretrained(str(path))
     if path.suffix == ".gguf":
         # transformers rebuilds the BPE tokenizer (and chat template) from the GGUF metadata: seconds
@@ -197,7 +207,7 @@ def eos_token_ids(tokenizer: transformers.PreTrainedTokenizerBase,
     if tokenizer.eos_token_id is not None:
         found.append((tokenizer.eos_token_id, f"{name}.eos_token_id"))
     if model_path is not None and str(model_path) != "":
-        model_path = pathlib.Path(model_path)
+        model_path = hub.resolve(model_path, key="eos_token_ids(model_path)")  # a Hub name: its snapshot
         if not model_path.exists():
             raise FileNotFoundError(f"eos_token_ids: model path {model_path} does not exist")
         source = f"{model_path / 'generation_config.json'} field eos_token_id"
@@ -274,7 +284,10 @@ def from_config(config) -> transformers.PreTrainedTokenizerBase:
     path = m.tokenizer or m.path
     if not path:
         return char_tokenizer(CHAR_ALPHABET)
-    if not pathlib.Path(path).exists():
-        key = "model.tokenizer" if m.tokenizer else "model.path"
+    key = "model.tokenizer" if m.tokenizer else "model.path"
+    # A Hub name: model.path fetches the whole model at once (the weights follow), model.tokenizer
+    # only the tokenizer files.
+    local = hub.resolve(path, key=key, allow_patterns=hub.TOKENIZER_FILES if m.tokenizer else None)
+    if not local.exists():
         raise ConfigError(f"config key `{key}`: {path!r} does not exist")
-    return load_tokenizer(path)
+    return load_tokenizer(local)

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import ConfigError
+from grpo_jax import hub
 from grpo_jax import model as model_lib
 from grpo_jax import sharding
 from grpo_jax.model import ModelConfig, init_params
@@ -221,7 +222,8 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
 
 def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
             mesh=None) -> tuple[ModelConfig, dict]:
-    """Load a local Hugging Face Llama / Qwen2 / Qwen3 directory -> (ModelConfig, params).
+    """Load a Hugging Face Llama / Qwen2 / Qwen3 directory -> (ModelConfig, params): a local one, or a
+    Hub name ("Qwen/Qwen2.5-0.5B-Instruct") resolved through huggingface_hub's cache (`grpo_jax.hub`).
 
     Params are cast to `param_dtype` (the stored / optimised dtype) and, when `mesh` is given, placed
     tensor by tensor with `sharding.param_shardings(mesh, ...)`; `dtype` is the compute dtype
@@ -232,7 +234,7 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float
     """
     from safetensors import safe_open
 
-    path = pathlib.Path(path)
+    path = hub.resolve(path, key="load_hf(path)")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{config_file}: file missing (not a Hugging Face model directory)")
@@ -520,7 +522,7 @@ def load_gguf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.flo
     """
     import gguf
 
-    path = pathlib.Path(path)
+    path = hub.resolve(path, key="load_gguf(path)")  # a local file, or "owner/name/file.gguf" on the Hub
     if not path.is_file():
         raise ValueError(f"{path}: file missing")
     reader = gguf_reader(path)
@@ -576,7 +578,7 @@ def model_config_from_config(config, tokenizer) -> ModelConfig:
     m = config.model
     dtypes = dict(dtype=_dtype_name(m.dtype), param_dtype=_dtype_name(m.param_dtype))
     if m.path:
-        path = pathlib.Path(m.path)
+        path = hub.resolve(m.path, key="model.path")  # a Hub name: its cached snapshot (fetched once)
         if not path.exists():
             raise ConfigError(f"config key `model.path`: {m.path!r} does not exist")
         if path.suffix == ".gguf":
@@ -616,7 +618,7 @@ def from_config(config, tokenizer, mesh) -> tuple[ModelConfig, dict]:
     m = config.model
     mc = model_config_from_config(config, tokenizer)  # config errors before any weight is read
     if m.path:
-        path = pathlib.Path(m.path)
+        path = hub.resolve(m.path, key="model.path")
         dtypes = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh)
         _, params = load_gguf(path, **dtypes) if path.suffix == ".gguf" else load_hf(path, **dtypes)
         return mc, params

@@ -51,6 +51,12 @@ def test_char_tokenizer_save_and_load(chars, tmp_path):
     bare = load_tokenizer(tmp_path / "tokenizer.json")
     assert bare(text)["input_ids"] == expected
     assert bare.decode(expected) == text
+    # Beside a model's config.json (an exported quick-start model: model_type qwen2), transformers'
+    # AutoTokenizer would load Qwen2Tokenizer and replace the pre-tokenizer (spaces dropped).
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
+    beside_model = load_tokenizer(tmp_path)
+    assert beside_model(text)["input_ids"] == expected
+    assert beside_model.decode(expected) == text
 
 
 def test_load_tokenizer_errors(tmp_path):

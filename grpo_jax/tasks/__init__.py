@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from grpo_jax import ConfigError, import_path
+from grpo_jax import ConfigError, hub, import_path
 from grpo_jax import rewards as rewards_lib
 from grpo_jax import tokenizer as tok_lib
 from grpo_jax.tasks import arithmetic, countdown, gsm8k, math500, prompts, records, svamp
@@ -150,7 +150,9 @@ def _data_path(config, key: str = "data_path") -> pathlib.Path:
     if not value:
         raise ConfigError(f"config key `task.{key}` must name the dataset's file or directory for "
                           f"task {config.task.name!r}")
-    path = pathlib.Path(value)
+    # A Hub dataset name ("openai/gsm8k", "owner/name/config_folder"): its cached snapshot, read like
+    # a local directory.
+    path = hub.resolve(value, kind="dataset", key=f"task.{key}")
     if not path.exists():
         raise ConfigError(f"config key `task.{key}`: {value!r} does not exist")
     return path
