@@ -5,13 +5,31 @@
     maj@k            fraction where the most frequent extracted answer among k samples is
                      correct (ties broken by first occurrence; unparseable answers never vote)
 
-    python -m grpo_jax.evaluate --config experiments/NAME.py --workdir runs/NAME [--config.a.b=v]
+    python -m grpo_jax.evaluate --workdir runs/NAME [--config experiments/NAME.py] [--base_model] [--config.a.b=v ...]
 
-evaluates the workdir's latest checkpoint (or the initial model when there is none) on the task's
-held-out split and prints one `RESULT ...` line.
+evaluates the workdir's latest checkpoint on the task's held-out split. A workdir without a
+checkpoint is an error (exit 2): a mistyped path must not score the untrained model. `--base_model`
+evaluates the model before training instead (model.path's weights, or the seeded random init; with
+LoRA, the base without adapters), whatever the workdir holds.
+
+The config: the workdir's own config.json (what the run trained with) plus any --config.a.b=v
+overrides. With `--config` the experiment file plus overrides are used instead (another task's
+held-out set, other decoding), but the keys that decide what the checkpoint's weights are (`model.*`
+but the compute-only dtype / attention / remat, and train.seed for a random-init model) must match
+the workdir's config.json: a mismatch is refused, naming the keys, rather than restoring one run's
+weights into another's model. Greedy pass@1 ignores the sampling keys; pass@k / maj@k
+(`train.pass_k` = k > 0) sample as training does: `sampling.temperature`, `top_k`, `top_p`.
+
+It prints which checkpoint (step and path) and which decoding it used, writes the results to
+`workdir/eval/step_N.json` (`eval/base.json` with --base_model; atomically, rewritten by a later
+evaluation of the same checkpoint): the metrics, the checkpoint, the decoding, the config, and each
+held-out problem's greedy score as "ids" / "correct" like the training run's eval_problems.jsonl
+records; and it ends with one `RESULT step=N ...` (`RESULT model=base ...`) line.
 """
-
 import collections
+import json
+import os
+import pathlib
 import sys
 
 import jax
@@ -19,7 +37,9 @@ import numpy as np
 
 from grpo_jax import buckets
 from grpo_jax import build
+from grpo_jax import checkpoint as ckpt_lib
 from grpo_jax import config as cfg_lib
+from grpo_jax import platforms
 from grpo_jax import rewards as rewards_lib
 from grpo_jax import sampling
 from grpo_jax import tokenizer as tok_lib
@@ -166,22 +186,145 @@ def on_process_zero(fn, keys):
     return {k: (int(v) if k == "eval_examples" else float(v)) for k, v in zip(keys, values)}
 
 
+USAGE = ("usage: python -m grpo_jax.evaluate --workdir runs/NAME [--config experiments/NAME.py] [--base_model] "
+         "[--config.section.key=value ...] [--help]")
+EVAL_DIR = "eval"  # workdir/eval/step_N.json: one file per evaluated checkpoint (base.json: --base_model)
+# Model keys that change only how the weights are computed with, not what they are: free to differ
+# from the workdir's config.json (every other model.* key must match it).
+COMPUTE_ONLY_KEYS = ("model.dtype", "model.attention", "model.remat", "model.allow_bf16_params")
+
+
+def parse_args(argv) -> tuple[str | None, str, bool, list]:
+    """`--workdir DIR [--config PATH] [--base_model] [--config.a.b=v ...]` -> (config path or None,
+    workdir, base_model, overrides)."""
+    path = workdir = None
+    base_model, overrides, args = False, [], list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, value = arg.partition("=")
+        if arg == "--base_model":
+            base_model = True
+        elif name.startswith("--config."):
+            if not eq:
+                if not args:
+                    raise cfg_lib.ConfigError(f"{arg} needs a value")
+                value = args.pop(0)
+            overrides.append(f"{name[len('--config.'):]}={value}")
+        elif name in ("--config", "--workdir"):
+            if not eq:
+                if not args:
+                    raise cfg_lib.ConfigError(f"{arg} needs a value")
+                value = args.pop(0)
+            path, workdir = (value, workdir) if name == "--config" else (path, value)
+        else:
+            raise cfg_lib.ConfigError(f"unknown argument {arg!r}\n{USAGE}")
+    if workdir is None:
+        raise cfg_lib.ConfigError(f"--workdir is required\n{USAGE}")
+    return path, workdir, base_model, overrides
+
+
+def latest_checkpoint(workdir: pathlib.Path) -> int | None:
+    """The newest committed checkpoint step in workdir/checkpoints, or None (nothing is created)."""
+    if not (workdir / "checkpoints").is_dir():
+        return None
+    with ckpt_lib.Checkpointer(workdir / "checkpoints") as ckpt:
+        return ckpt.latest_step()
+
+
+def weight_keys(config: cfg_lib.Config) -> list[str]:
+    """The keys whose values decide what a checkpoint's weights are (module docstring)."""
+    keys = [f"model.{k}" for k in cfg_lib.to_dict(config)["model"] if f"model.{k}" not in COMPUTE_ONLY_KEYS]
+    return keys + ([] if config.model.path else ["train.seed"])  # the seed makes a random init's weights
+
+
+def load_eval_config(path, workdir: pathlib.Path, overrides) -> tuple[cfg_lib.Config, str]:
+    """(validated Config, where it came from): `path` (an experiment file) or the workdir's
+    config.json, plus `overrides`; refused when it disagrees with config.json on `weight_keys`."""
+    saved_path = workdir / "config.json"
+    saved = cfg_lib.from_dict(json.loads(saved_path.read_text())) if saved_path.exists() else None
+    if path is not None:
+        config, source = cfg_lib.load_config(path, overrides), str(path)
+    elif saved is not None:
+        config = cfg_lib.validate(cfg_lib.apply_overrides(saved, overrides))
+        source = str(saved_path)
+    else:
+        raise cfg_lib.ConfigError(f"workdir {str(workdir)!r} has no config.json: pass --config experiments/NAME.py")
+    if saved is not None:
+        new, old = cfg_lib.to_dict(config), cfg_lib.to_dict(saved)
+        value = lambda tree, key: tree[key.split(".")[0]][key.split(".")[1]]  # noqa: E731
+        diff = [key for key in weight_keys(config) if value(new, key) != value(old, key)]
+        if diff:
+            hint = ("leave out --config to evaluate with the workdir's own config" if path is not None
+                    else "drop the overrides of those keys")
+            raise cfg_lib.ConfigError(
+                f"{source}{' with its overrides' if overrides else ''} differs from {str(saved_path)!r}, the "
+                f"config the workdir's weights were trained with, on {', '.join(f'`{k}`' for k in diff)}: {hint}")
+    return config, source
+
+
+def _write_json(path: pathlib.Path, record: dict) -> None:
+    """Writes `record` to `path` atomically (a temporary beside it, fsynced, then os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    config, workdir = cfg_lib.parse_command_line(argv)
-    setup = build.setup(config, workdir, for_eval=True)
+    if {"-h", "--help"} & set(argv):
+        print(USAGE + "\n\n" + __doc__ + "\nEvery config key: python -m grpo_jax.train --help")
+        return 0
+    platforms.skip_absent_tpu()  # no libtpu (and its stderr noise) on a machine without a TPU
+    try:
+        path, workdir, base_model, overrides = parse_args(argv)
+        workdir = pathlib.Path(workdir)
+        if not base_model and latest_checkpoint(workdir) is None:  # before any config or model work
+            raise cfg_lib.ConfigError(
+                f"workdir {str(workdir)!r} holds no checkpoint (nothing in {str(workdir / 'checkpoints')!r}): "
+                f"check the path, or pass --base_model to evaluate the model before training")
+        config, source = load_eval_config(path, workdir, overrides)
+        if base_model and config.model.lora_rank:  # the base alone: no adapters
+            config = cfg_lib.apply_overrides(config, ["model.lora_rank=0"])
+        setup = build.setup(config, workdir, for_eval=not base_model)
+    except cfg_lib.ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    c = setup.config
     metrics = evaluate(setup.model_config, setup.params, setup.tokenizer, setup.task,
-                       key=jax.random.key(setup.config.train.seed + 1),
-                       batch_size=setup.config.train.eval_batch_size,
-                       max_prompt_length=setup.config.sampling.max_prompt_length,
-                       max_new_tokens=setup.config.sampling.max_new_tokens, put=setup.put,
-                       pass_k=setup.config.train.pass_k, temperature=setup.config.sampling.temperature,
-                       top_k=setup.config.sampling.top_k, top_p=setup.config.sampling.top_p,
-                       chat=setup.config.task.chat_template, system=setup.config.task.system_prompt,
-                       eos_ids=setup.eos_ids, weight_layout=setup.config.sampling.weight_layout,
-                       length_buckets=setup.config.train.length_buckets)
-    print("RESULT step=%d " % setup.step + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in metrics.items()))
+                       key=jax.random.key(c.train.seed + 1), batch_size=c.train.eval_batch_size,
+                       max_prompt_length=c.sampling.max_prompt_length, max_new_tokens=c.sampling.max_new_tokens,
+                       put=setup.put, pass_k=c.train.pass_k, temperature=c.sampling.temperature,
+                       top_k=c.sampling.top_k, top_p=c.sampling.top_p, chat=c.task.chat_template,
+                       system=c.task.system_prompt, eos_ids=setup.eos_ids, weight_layout=c.sampling.weight_layout,
+                       length_buckets=c.train.length_buckets, per_problem=True)
+    correct = metrics.pop("eval_correct")
+    k = c.train.pass_k
+    decoding = {"eval_accuracy": "greedy (temperature 0)", "pass_k": k, "temperature": c.sampling.temperature,
+                "top_k": c.sampling.top_k, "top_p": c.sampling.top_p, "max_new_tokens": c.sampling.max_new_tokens,
+                "max_prompt_length": c.sampling.max_prompt_length}
+    checkpoint = None if base_model else str(workdir / "checkpoints" / str(setup.step))
+    model = ("base model (" + (c.model.path or f"random init, train.seed={c.train.seed}") + ")" if base_model
+             else f"checkpoint step {setup.step} at {checkpoint}")
+    sampled = (f"; eval_pass@{k} / eval_maj@{k} from {k} samples per problem at temperature {c.sampling.temperature}, "
+               f"top_k {c.sampling.top_k}, top_p {c.sampling.top_p}" if k > 0 else "")
+    out = workdir / EVAL_DIR / ("base.json" if base_model else f"step_{setup.step}.json")
+    if jax.process_index() == 0:
+        _write_json(out, {"step": None if base_model else setup.step, "checkpoint": checkpoint,
+                          "base_model": base_model, **metrics, "decoding": decoding,
+                          "task": {"name": c.task.name, "eval_split": c.task.eval_split, "eval_size": c.task.eval_size},
+                          "config_source": source, "overrides": overrides, "config": cfg_lib.to_dict(c),
+                          "ids": list(range(len(correct))), "correct": [float(x) for x in correct]})
+        print(f"evaluated: {model}, config {source}" + (f" + {len(overrides)} override(s)" if overrides else ""))
+        print(f"decoding: eval_accuracy greedy (temperature 0){sampled}; at most {c.sampling.max_new_tokens} new "
+              f"tokens, {metrics['eval_examples']} held-out problems of {c.task.name}")
+        print(f"results: {out}")
+        head = "model=base" if base_model else f"step={setup.step}"
+        print(f"RESULT {head} " + " ".join(f"{name}={v:.4g}" if isinstance(v, float) else f"{name}={v}"
+                                           for name, v in metrics.items()))
     return 0
 
 

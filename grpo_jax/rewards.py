@@ -671,5 +671,29 @@ def from_config(config, task) -> dict[str, Callable[[str, Any], float]]:
 
 
 def metric_name(name: str) -> str:
-    """The metrics key of a reward component: "reward_" + its name ("pkg.mod:fn" -> "reward_fn")."""
+    """The metrics key of a reward component: "reward_" + its name ("pkg.mod:fn" -> "reward_fn").
+    `check_metric_names` refuses weights whose keys would collide."""
     return "reward_" + name.rsplit(":", 1)[-1]
+
+
+# Keys the trainer writes itself into the same metrics row as the reward_<name> components
+# (rollout.batch_metrics, the step's timings in train.py): a component named like one is overwritten.
+RESERVED_METRICS = ("reward_mean", "reward_std", "reward_seconds", "reward_zero_std_fraction")
+
+
+def check_metric_names(names: Sequence[str]) -> None:
+    """ConfigError unless the reward names `names` (the positively weighted keys of rewards.weights)
+    give distinct metric keys: "a:short" and "b:short" would both write `reward_short` and one value
+    would be lost, "mymod:correctness" would overwrite the built-in's `reward_correctness`, and
+    "mymod:mean" the batch's `reward_mean`. Shape only: nothing is imported."""
+    seen = {}
+    for name in names:
+        key = metric_name(name)
+        if key in RESERVED_METRICS:
+            raise ConfigError(f"config key `rewards.weights.{name}`: its metric `{key}` is one the trainer "
+                              f"writes itself ({', '.join(RESERVED_METRICS)}); give the function another name")
+        if key in seen:
+            raise ConfigError(f"config keys `rewards.weights.{seen[key]}` and `rewards.weights.{name}` would both "
+                              f"be logged as `{key}` (a reward's metric is named after its function), so one "
+                              f"value would be lost: give one of the functions another name")
+        seen[key] = name
