@@ -1,4 +1,21 @@
-"""metrics.jsonl, TensorBoard events and a progress bar / log lines for one run's workdir.
+"""metrics.jsonl, TensorBoard events, Weights & Biases and a progress bar / log lines for one run's workdir.
+
+Sinks (`train.loggers`, `LOGGERS`; `from_config` builds the writer a config asks for):
+  jsonl         workdir/metrics.jsonl, always on: resume, `grpo_jax.report` and the tests read it, so a
+                list without it is refused (config validation) rather than added silently
+  tensorboard   workdir/tb (tensorboardX): scalars, and the completion samples as text
+  wandb         one Weights & Biases run (optional: `pip install 'grpo_jax[wandb]'`; imported only
+                when asked for). Its config is the run's whole config; each `write` is
+                `run.log(row, step=step)`; the completion samples go into a `wandb.Table` per sample
+                name (columns step, text; key "samples/<name>", log_mode "INCREMENTAL": each log
+                adds the new rows). The run id lives in workdir/wandb_id.txt, so a resumed run
+                continues the same wandb run (`resume="allow"`); steps a crashed run logged past its
+                checkpoint are not logged again (wandb keeps a run's steps increasing; exact resume
+                gives the same values anyway, metrics.jsonl is rewritten as below). Mode, API key
+                etc. are wandb's own environment variables (WANDB_MODE=offline: no account, no
+                network; `wandb sync` uploads later). Its files go under workdir/wandb unless
+                WANDB_DIR says otherwise. Rows sharing a step (the SFT warm start logs at step 0)
+                merge into one wandb history row, the last value of a key winning.
 
 `workdir/metrics.jsonl` holds one JSON object per line, of two kinds:
   scalar rows   {"step": 12, "reward_mean": 0.41, "loss": ..., ...}      (`MetricsWriter.write`)
@@ -34,13 +51,16 @@ Absent keys are left out (`acc` only on eval rows); a row with none of them prin
 from __future__ import annotations
 
 import collections
+import dataclasses
+import importlib.util
 import json
 import math
 import os
 import pathlib
+import secrets
 import statistics
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -48,8 +68,41 @@ import numpy as np
 METRICS_FILE = "metrics.jsonl"
 DETAIL_FILES = ("eval_problems.jsonl", "groups.jsonl")  # MetricsWriter.write_detail
 TB_DIR = "tb"
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # train.loggers (module docstring)
+WANDB_ID_FILE = "wandb_id.txt"  # the wandb run id of this workdir: a resumed run continues that run
+WANDB_INSTALL = "pip install 'wandb>=0.31' (or pip install 'grpo_jax[wandb]')"
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def parse_loggers(text: str) -> tuple[str, ...]:
+    """train.loggers ("jsonl,wandb") -> ("jsonl", "wandb"): comma-separated, spaces and empty parts
+    dropped, order kept. Checking the names is `loggers_problem`'s."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def wandb_installed() -> bool:
+    """Whether `import wandb` would succeed, without importing it (it is slow to import and only
+    wanted when asked for). `sys.modules["wandb"] = None`, which makes the import fail, says no."""
+    if "wandb" in sys.modules:
+        return sys.modules["wandb"] is not None
+    return importlib.util.find_spec("wandb") is not None
+
+
+def loggers_problem(names: Sequence[str]) -> str | None:
+    """Why the logger `names` cannot be used (a phrase for the error), or None when they can:
+    unknown or repeated names, no jsonl (module docstring: always on), wandb not installed."""
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        return f"unknown logger(s) {unknown}: must be a comma-separated subset of {LOGGERS}"
+    if len(set(names)) != len(names):
+        return "a logger is named twice"
+    if "jsonl" not in names:
+        return ("must include jsonl: metrics.jsonl is what resume, grpo_jax.report and the tests read "
+                "(e.g. jsonl,wandb)")
+    if "wandb" in names and not wandb_installed():
+        return f"asks for wandb, which is not installed: {WANDB_INSTALL}"
+    return None
 
 
 def fetch(tree) -> Any:
@@ -204,7 +257,14 @@ def _is_number(v) -> bool:
 
 
 class MetricsWriter:
-    """Appends scalar rows / text samples to workdir/metrics.jsonl, TensorBoard and stderr progress.
+    """Appends scalar rows / text samples to workdir/metrics.jsonl, TensorBoard, wandb and progress.
+
+    `loggers`: the sinks (names of `LOGGERS`, or their comma-separated string; module docstring),
+    jsonl among them. None: `tensorboard` says (the older switch: True / None gives jsonl +
+    tensorboard, False jsonl alone); give one of the two, not both. With wandb: `run_config` (the
+    run's whole config as a dict) is the wandb run's config, and `wandb_project`, `wandb_name`
+    ("" = the workdir's name), `wandb_entity` ("" = wandb's default) and `wandb_group` (None = none,
+    or wandb's WANDB_RUN_GROUP) name it. `from_config` fills them from a Config.
 
     `resume_step=k`: the run resumes from the checkpoint at step k; rows with step > k are removed
     first (a run starting over from scratch in a used workdir passes 0). `resume_step=None`
@@ -216,19 +276,34 @@ class MetricsWriter:
     rows that have it: one slow row (a step that compiled) moves neither; eval and checkpoint time
     are not in step_seconds, so not in the ETA.
     `is_primary`: only one process of a multi-process run writes (default: jax.process_index() == 0);
-    the others get a writer that does nothing.
+    the others get a writer that does nothing (no wandb run either).
+    Resuming (`resume_step` >= 0, or None) with wandb continues the run whose id is in
+    workdir/wandb_id.txt, its sample tables refilled from metrics.jsonl; `resume_step` < 0 (starting
+    over: every row dropped) or no id file starts a new wandb run and records its id.
     """
 
-    def __init__(self, workdir, *, tensorboard: bool = True, progress_total: int | None = None,
-                 resume_step: int | None = None, progress: bool | str | None = None,
-                 is_primary: bool | None = None):
+    def __init__(self, workdir, *, loggers: Sequence[str] | str | None = None, tensorboard: bool | None = None,
+                 progress_total: int | None = None, resume_step: int | None = None,
+                 progress: bool | str | None = None, is_primary: bool | None = None,
+                 run_config: dict | None = None, wandb_project: str = "grpo_jax", wandb_name: str = "",
+                 wandb_entity: str = "", wandb_group: str | None = None):
         if progress not in (None, True, False, "bar", "lines"):
             raise ValueError(f"MetricsWriter: progress must be None, True, False, 'bar' or 'lines', "
                              f"got {progress!r}")
+        if loggers is None:
+            loggers = ("jsonl",) if tensorboard is False else ("jsonl", "tensorboard")
+        elif tensorboard is not None:
+            raise ValueError("MetricsWriter: give `loggers` or `tensorboard`, not both (tensorboard is "
+                             "one of the loggers)")
+        self.loggers = parse_loggers(loggers) if isinstance(loggers, str) else tuple(loggers)
+        problem = loggers_problem(self.loggers)
+        if problem:
+            raise ValueError(f"MetricsWriter: loggers {self.loggers}: {problem}")
         self.workdir = pathlib.Path(workdir)
         self.path = self.workdir / METRICS_FILE
         self.is_primary = jax.process_index() == 0 if is_primary is None else bool(is_primary)
-        self._file = self._tb = self._bar = None
+        self._file = self._tb = self._bar = self._wandb = None
+        self._tables = {}  # sample name -> its wandb.Table
         self._lines = False
         self._total = progress_total
         self._recent_seconds = collections.deque(maxlen=_RECENT_ROWS)
@@ -238,12 +313,15 @@ class MetricsWriter:
         for path in (self.path, *(self.workdir / name for name in DETAIL_FILES)):
             _repair(path, resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
+        if "tensorboard" in self.loggers:
             from tensorboardX import SummaryWriter
 
             # purge_step makes TensorBoard discard events a crashed run logged after the checkpoint.
             purge = None if resume_step is None else resume_step + 1
             self._tb = SummaryWriter(logdir=str(self.workdir / TB_DIR), purge_step=purge)
+        if "wandb" in self.loggers:
+            self._start_wandb(resume_step, run_config=run_config, project=wandb_project, name=wandb_name,
+                              entity=wandb_entity, group=wandb_group)
         if progress is None:
             # A bar only where a person watches both streams; `make train > log` gets plain lines.
             progress = "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines"
@@ -252,6 +330,48 @@ class MetricsWriter:
             from tqdm import tqdm
 
             self._bar = tqdm(total=progress_total, initial=resume_step or 0, unit="step", dynamic_ncols=True)
+
+    def _start_wandb(self, resume_step, *, run_config, project, name, entity, group) -> None:
+        """Starts (or, resuming, continues) this workdir's wandb run: module docstring."""
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError(f"MetricsWriter: the loggers include wandb, which is not installed: "
+                              f"{WANDB_INSTALL}") from e
+        id_path = self.workdir / WANDB_ID_FILE
+        run_id = None
+        if id_path.exists() and (resume_step is None or resume_step >= 0):
+            run_id = id_path.read_text(encoding="utf-8").strip() or None
+        if run_id is None:
+            # wandb's own id alphabet (lower-case letters and digits), 8 of them as wandb draws.
+            run_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
+            tmp = id_path.with_name(id_path.name + ".tmp")
+            tmp.write_text(run_id + "\n", encoding="utf-8")
+            os.replace(tmp, id_path)
+        # reinit="create_new": a sweep program holds one run per cell in one process, each logged
+        # through its own run object (never the module-level wandb.log, which means the latest run).
+        self._wandb = wandb.init(
+            project=project or None, entity=entity or None, name=name or self.workdir.name,
+            group=group or None, id=run_id, resume="allow", config=run_config, reinit="create_new",
+            dir=None if os.environ.get("WANDB_DIR") else str(self.workdir))
+        # The samples already in metrics.jsonl (after the resume's repair): a resumed run's tables
+        # hold the whole run, not only what this process adds.
+        if self.path.exists():
+            for row in read_metrics(self.path, kind="samples"):
+                self._table(row["sample"]).add_data(row["step"], row["text"])
+
+    def _table(self, name: str):
+        if name not in self._tables:
+            import wandb
+
+            self._tables[name] = wandb.Table(columns=["step", "text"], log_mode="INCREMENTAL")
+        return self._tables[name]
+
+    def _wandb_log(self, step: int, data: dict) -> None:
+        # A resumed run replays the steps a crashed run logged past its checkpoint; wandb drops a step
+        # below its current one with a warning per call, so they are skipped here, quietly.
+        if step >= self._wandb.step:
+            self._wandb.log(data, step=step)
 
     def _append(self, record: dict) -> None:
         line = json.dumps(record, allow_nan=False)
@@ -278,6 +398,8 @@ class MetricsWriter:
                 if isinstance(v, (int, float)):  # bools too; strings are JSON-only
                     self._tb.add_scalar(key, float(v), step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb_log(step, values)
         if self._bar is not None:
             shown = {k: f"{values[k]:.4g}" for k in ("reward_mean", "kl") if isinstance(values.get(k), (int, float))}
             self._bar.set_postfix(shown, refresh=False)
@@ -343,18 +465,36 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.add_text(str(name), str(text), int(step))
             self._tb.flush()
+        if self._wandb is not None:
+            table = self._table(str(name))
+            table.add_data(int(step), str(text))
+            self._wandb_log(int(step), {f"samples/{name}": table})
 
     def close(self) -> None:
+        """Closes every sink; the wandb run is finished (uploaded, or written out offline)."""
         if self._bar is not None:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
         if self._file is not None:
             self._file.close()
-        self._file = self._tb = self._bar = None
+        self._file = self._tb = self._bar = self._wandb = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def from_config(config, workdir, *, wandb_group: str | None = None, **kwargs) -> MetricsWriter:
+    """The writer of a run with `config` (a grpo_jax.config.Config) in `workdir`: the sinks of
+    train.loggers; with wandb, the whole config as the run's config and train.wandb_project /
+    wandb_name / wandb_entity naming it (`wandb_group`: a sweep's directory name, grouping its
+    cells). `kwargs` go to MetricsWriter (progress_total, resume_step, progress, is_primary)."""
+    t = config.train
+    return MetricsWriter(workdir, loggers=parse_loggers(t.loggers), run_config=dataclasses.asdict(config),
+                         wandb_project=t.wandb_project, wandb_name=t.wandb_name, wandb_entity=t.wandb_entity,
+                         wandb_group=wandb_group, **kwargs)

@@ -2,8 +2,10 @@
 progress bar on a terminal and plain log lines without one."""
 import json
 import math
+import pathlib
 import struct
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -266,3 +268,251 @@ def test_a_terminal_gets_the_bar_and_no_plain_lines(tmp_path, capsys, monkeypatc
 def test_progress_must_be_a_known_mode(tmp_path):
     with pytest.raises(ValueError, match="progress must be"):
         MetricsWriter(tmp_path, tensorboard=False, progress="line")
+
+
+# --------------------------------------------------------------------------------------------
+# train.loggers: TensorBoard only when listed, wandb (offline, read back from its .wandb file).
+
+
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """wandb in offline mode with every directory it writes under tmp_path: no network, no login."""
+    pytest.importorskip("wandb")
+    home = tmp_path / "wandb_home"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")  # pytest owns stdout / stderr
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(home / var.lower()))
+    for var in ("WANDB_DIR", "WANDB_API_KEY", "WANDB_RUN_GROUP", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(var, raising=False)  # WANDB_DIR unset: the run's files go under its workdir
+    return tmp_path
+
+
+def _wandb_records(path):
+    """Every record of a .wandb file: a 7-byte header (":W&B", magic, version), then LevelDB's log
+    framing (32 KiB blocks; each chunk: u32 crc32 of type + data, u16 length, u8 type 1 FULL /
+    2 FIRST / 3 MIDDLE / 4 LAST) around wandb's Record protobufs; crc-checked; a record still being
+    written at the end is left out."""
+    import zlib
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        if kind == 0:  # zero padding to the block's end
+            pos += block - pos % block
+            continue
+        if len(chunk) < length:  # still being written
+            break
+        assert crc == zlib.crc32(bytes([kind]) + chunk), f"{path}: bad crc at {pos}"
+        pos += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(pending))
+            pending = b""
+    return records
+
+
+def _wandb_run(workdir):
+    """(run record, {config key: value}, {step: {key: value}}, files dir) of the latest offline run
+    in workdir/wandb (wandb's `latest-run` link), whose id must be workdir/wandb_id.txt's. History
+    keys of a logged object (a table) are tuples: ("samples/completion", "path")."""
+    run_id = (workdir / metrics.WANDB_ID_FILE).read_text().strip()
+    path = workdir / "wandb" / "latest-run" / f"run-{run_id}.wandb"
+    # `finish` can return before wandb's service process has flushed the file: wait for the run's
+    # last record (its exit).
+    deadline = time.monotonic() + 30
+    while not (records := _wandb_records(path)) or records[-1].WhichOneof("record_type") != "exit":
+        assert time.monotonic() < deadline, f"{path}: no exit record after 30 s"
+        time.sleep(0.05)
+    run, config, history = None, {}, {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            updates = record.run.config.update
+        elif kind == "config":
+            updates = record.config.update
+        elif kind == "history":
+            row = {(item.key if item.key else tuple(item.nested_key) if len(item.nested_key) > 1
+                    else item.nested_key[0]): json.loads(item.value_json) for item in record.history.item}
+            history[row["_step"]] = {k: v for k, v in row.items() if not str(k).startswith("_")}
+            continue
+        else:
+            continue
+        config |= {u.key: json.loads(u.value_json) for u in updates if u.key != "_wandb"}
+    return run, config, history, path.parent / "files"
+
+
+def _table_rows(files, history, step, name="samples/completion"):
+    return json.loads((files / history[step][(name, "path")]).read_text())
+
+
+def test_wandb_run_holds_the_config_the_metrics_at_their_steps_and_the_samples(wandb_offline):
+    workdir = wandb_offline / "run_a"
+    run_config = {"grpo": {"beta": 0.04, "group_size": 4}, "train": {"loggers": "jsonl,wandb"}}
+    with MetricsWriter(workdir, loggers="jsonl,wandb", progress=False, run_config=run_config,
+                       wandb_group="sweep_x") as w:
+        for s in (1, 2, 3):
+            w.write(s, _row(s))
+            if s >= 2:
+                w.write_text(s, "completion", f"1+{s} -> '{s + 1}'")
+        w.write(4, {"loss": math.nan, "note": "text"})
+    run, config, history, files = _wandb_run(workdir)
+    assert run.run_id == (workdir / "wandb_id.txt").read_text().strip() and len(run.run_id) == 8
+    assert (run.project, run.display_name, run.run_group) == ("grpo_jax", "run_a", "sweep_x")
+    assert config == run_config
+    assert sorted(history) == [1, 2, 3, 4]
+    for s in (1, 2, 3):
+        expect = {k: v for k, v in read_metrics(workdir)[s - 1].items() if k != "step"}
+        scalars = {k: v for k, v in history[s].items() if isinstance(k, str)}
+        assert scalars == pytest.approx(expect) and history[s]["reward_mean"] == float(np.float32(s / 7))
+    assert history[4]["note"] == "text" and math.isnan(history[4]["loss"])
+    # One incremental table per sample name: each log holds the rows added since the last one.
+    assert _table_rows(files, history, 2) == {"columns": ["step", "text"], "data": [[2, "1+2 -> '3'"]]}
+    assert _table_rows(files, history, 3)["data"] == [[3, "1+3 -> '4'"]]
+    assert history[2][("samples/completion", "_type")] == "incremental-table-file"
+    # jsonl as ever; no TensorBoard when it is not listed.
+    assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4]
+    assert not (workdir / metrics.TB_DIR).exists()
+    # Only process 0 logs: another process's writer starts no wandb run at all.
+    with MetricsWriter(wandb_offline / "other", loggers="jsonl,wandb", progress=False, is_primary=False) as w:
+        w.write(1, {"loss": 1.0})
+        w.write_text(1, "completion", "x")
+    assert not (wandb_offline / "other").exists()
+
+
+def test_wandb_resume_continues_the_run_id_and_a_fresh_start_gets_a_new_one(wandb_offline):
+    workdir = wandb_offline / "run_b"
+    with MetricsWriter(workdir, loggers=("jsonl", "wandb"), progress=False) as w:  # crashes after step 4
+        for s in (1, 2, 3, 4):
+            w.write(s, {"loss": float(s)})
+            if s % 2 == 0:
+                w.write_text(s, "completion", f"text {s}")
+    first = (workdir / "wandb_id.txt").read_text().strip()
+    with MetricsWriter(workdir, loggers=("jsonl", "wandb"), progress=False, resume_step=2) as w:
+        assert w._wandb.id == first
+        for s in (3, 4, 5):
+            w.write(s, {"loss": 10.0 * s})
+            if s == 4:
+                w.write_text(4, "completion", "text 4 again")
+    run, _, history, files = _wandb_run(workdir)
+    assert run.run_id == first and (workdir / "wandb_id.txt").read_text().strip() == first
+    assert {s: h["loss"] for s, h in history.items()} == {3: 30.0, 4: 40.0, 5: 50.0}
+    # The resumed table starts with the samples metrics.jsonl kept (step 2; step 4 was dropped).
+    assert _table_rows(files, history, 4)["data"] == [[2, "text 2"], [4, "text 4 again"]]
+    # Starting over (resume_step < 0: every row dropped) is a new wandb run.
+    MetricsWriter(workdir, loggers=("jsonl", "wandb"), progress=False, resume_step=-1).close()
+    assert (workdir / "wandb_id.txt").read_text().strip() not in ("", first)
+
+
+def test_wandb_skips_the_steps_a_resumed_run_already_holds(tmp_path):
+    logged = []
+
+    class Run:  # a resumed online run at step 5: wandb would drop (and warn about) steps 3 and 4
+        step = 5
+        log = staticmethod(lambda data, step: logged.append((step, data)))
+        finish = staticmethod(lambda: logged.append("finished"))
+
+    w = MetricsWriter(tmp_path, loggers="jsonl", progress=False)
+    w._wandb = Run()
+    for s in (3, 4, 5, 6):
+        w.write(s, {"loss": float(s)})
+    w.close()
+    assert logged == [(5, {"loss": 5.0}), (6, {"loss": 6.0}), "finished"]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [3, 4, 5, 6]  # metrics.jsonl has them all
+
+
+def test_loggers_pick_the_sinks(tmp_path):
+    from grpo_jax import config as cfg_lib
+
+    with metrics.from_config(cfg_lib.validate(cfg_lib.Config()), tmp_path / "default", progress=False) as w:
+        assert w.loggers == ("jsonl", "tensorboard")
+        w.write(1, {"loss": 1.0})
+    assert list((tmp_path / "default" / "tb").glob("events.out.tfevents.*"))
+    c = cfg_lib.apply_overrides(cfg_lib.Config(), ["train.loggers= jsonl "])
+    with metrics.from_config(cfg_lib.validate(c), tmp_path / "jsonl", progress=False) as w:
+        w.write(1, {"loss": 1.0})
+    assert sorted(p.name for p in (tmp_path / "jsonl").iterdir()) == ["metrics.jsonl"]
+    with pytest.raises(ValueError, match="not both"):
+        MetricsWriter(tmp_path, loggers="jsonl", tensorboard=True)
+    with pytest.raises(ValueError, match="must include jsonl"):
+        MetricsWriter(tmp_path / "none", loggers="tensorboard")
+    assert not (tmp_path / "none").exists()
+    for value, match in (("tensorboard,wandb", "must include jsonl"), ("jsonl,mlflow", r"unknown logger.*mlflow"),
+                         ("jsonl,jsonl", "a logger is named twice")):
+        with pytest.raises(cfg_lib.ConfigError, match=rf"`train.loggers` = '{value}' is invalid: {match}"):
+            cfg_lib.validate(cfg_lib.apply_overrides(cfg_lib.Config(), [f"train.loggers={value}"]))
+
+
+def test_a_run_may_resume_with_other_loggers(tmp_path):
+    from grpo_jax import build
+    from grpo_jax import config as cfg_lib
+
+    def config(*overrides):  # as train.run has it: the schedule's horizon resolved
+        return build.schedule_horizon(cfg_lib.apply_overrides(cfg_lib.Config(), overrides), None)
+
+    (tmp_path / "config.json").write_text(json.dumps(cfg_lib.to_dict(config())))
+    other = ["train.loggers=jsonl", "train.wandb_project=p", "train.wandb_name=n", "train.wandb_entity=e"]
+    build.check_workdir_config(tmp_path, config(*other))  # no error
+    with pytest.raises(cfg_lib.ConfigError, match=r"keys grpo.beta\)"):
+        build.check_workdir_config(tmp_path, config(*other, "grpo.beta=0.5"))
+
+
+def test_a_default_run_never_imports_wandb(tmp_path, monkeypatch):
+    from grpo_jax import config as cfg_lib
+
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)  # restored afterwards
+    with metrics.from_config(cfg_lib.validate(cfg_lib.Config()), tmp_path, progress=False) as w:
+        w.write(1, {"loss": 1.0})
+        w.write_text(1, "completion", "x")
+    assert "wandb" not in sys.modules
+
+
+def test_wandb_not_installed_is_a_config_error_before_any_work(tmp_path, monkeypatch):
+    from grpo_jax import config as cfg_lib
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
+    workdir = tmp_path / "run"
+    quickstart = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "quickstart.py")
+    with pytest.raises(cfg_lib.ConfigError, match=r"`train.loggers` = 'jsonl,wandb' is invalid: asks for wandb, "
+                                                 r"which is not installed: pip install 'wandb>=0.31'"):
+        cfg_lib.parse_command_line(["--config", quickstart, "--workdir", str(workdir),
+                                    "--config.train.loggers=jsonl,wandb"])
+    with pytest.raises(ValueError, match=r"pip install 'wandb>=0.31'"):
+        MetricsWriter(workdir, loggers="jsonl,wandb")
+    assert not workdir.exists()
+    cfg_lib.validate(cfg_lib.Config())  # the default needs no wandb
+
+
+@pytest.mark.slow
+def test_training_with_wandb_logs_the_run(wandb_offline):
+    """One tiny GRPO step through `python -m grpo_jax.train`'s main: train.py builds its writer from
+    the config (metrics.from_config), so the wandb run gets the whole config and the step's row."""
+    from grpo_jax import train
+
+    workdir = wandb_offline / "tiny"
+    overrides = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+                 "model.head_dim=16", "model.intermediate_size=64", "sft.steps=0", "train.steps=1",
+                 "train.prompts_per_step=4", "grpo.group_size=4", "train.eval_every=0", "train.samples_every=1",
+                 "mesh.data=1", "train.loggers=jsonl,wandb", "train.wandb_project=tests"]
+    quickstart = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "quickstart.py")
+    assert train.main(["--config", quickstart, "--workdir", str(workdir)] + [f"--config.{o}" for o in overrides]) == 0
+    run, config, history, files = _wandb_run(workdir)
+    assert (run.project, run.display_name) == ("tests", "tiny")
+    assert config == json.loads((workdir / "config.json").read_text())
+    assert config["train"]["loggers"] == "jsonl,wandb" and config["grpo"]["group_size"] == 4
+    (row,) = [r for r in read_metrics(workdir) if r["step"] == 1]
+    assert {k: history[1][k] for k in ("reward_mean", "loss", "kl", "completion_length")} == pytest.approx(
+        {k: row[k] for k in ("reward_mean", "loss", "kl", "completion_length")})
+    (sample,) = read_metrics(workdir, kind="samples")
+    assert _table_rows(files, history, 1)["data"] == [[1, sample["text"]]]
+    assert not (workdir / metrics.TB_DIR).exists()
