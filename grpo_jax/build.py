@@ -121,6 +121,7 @@ def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False, load_weigh
     which checkpoints do not hold."""
     # The platform too: an attention kernel of another backend is refused here, not deep in a compile.
     cfg_lib.validate(config, num_devices=jax.device_count(), platform=jax.default_backend())
+    use_compilation_cache(config)  # before anything compiles
     workdir = pathlib.Path(workdir)
     data, fsdp = cfg_lib.mesh_shape(config, jax.device_count())
     mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=jax.devices()[: data * fsdp])
@@ -152,6 +153,40 @@ def setup(config: cfg_lib.Config, workdir, *, for_eval: bool = False, load_weigh
                  eos_ids, prompt_counts, verifiers)
 
 
+def compilation_cache_dir(value: str) -> str | None:
+    """`train.compilation_cache` -> the directory it names, or None (off): "" is off; "auto" is
+    $JAX_COMPILATION_CACHE_DIR when set, else the user's cache directory
+    (${XDG_CACHE_HOME:-~/.cache}/grpo_jax/jax); anything else is a path (~ expanded)."""
+    if not value:
+        return None
+    if value == "auto":
+        if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            return os.environ["JAX_COMPILATION_CACHE_DIR"]
+        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(root, "grpo_jax", "jax")
+    return os.path.expanduser(value)
+
+
+def use_compilation_cache(config: cfg_lib.Config) -> str | None:
+    """Points JAX's persistent compilation cache at `train.compilation_cache` (or turns it off) before
+    anything compiles; returns the directory. Programs that take over a second to compile (the step,
+    the sampler, the eval) are stored there and loaded by the next launch with the same shapes,
+    sharding, devices and jax version (JAX's own cache key)."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+    path = compilation_cache_dir(config.train.compilation_cache)
+    if path is None:
+        if jax.config.jax_enable_compilation_cache:
+            jax.config.update("jax_enable_compilation_cache", False)
+            cc.reset_cache()  # forget a cache already opened
+        return None
+    if jax.config.jax_compilation_cache_dir != path or not jax.config.jax_enable_compilation_cache:
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_enable_compilation_cache", True)
+        cc.set_cache_dir(path)
+        cc.reset_cache()  # a cache already opened on another directory is re-opened on this one
+    return path
+
+
 def check_workdir_config(workdir: pathlib.Path, config: cfg_lib.Config) -> None:
     """A workdir belongs to one experiment: resuming with a different config (other than a longer
     `train.steps` or eval/log intervals) would silently mix two runs."""
@@ -161,7 +196,9 @@ def check_workdir_config(workdir: pathlib.Path, config: cfg_lib.Config) -> None:
     old = cfg_lib.to_dict(schedule_horizon(cfg_lib.from_dict(json.loads(path.read_text())), None))
     new = cfg_lib.to_dict(config)
     free = {"train.steps", "train.log_every", "train.eval_every", "train.samples_every",
-            "train.checkpoint_every", "train.pass_k", "train.eval_batch_size", "task.eval_size"}
+            "train.checkpoint_every", "train.pass_k", "train.eval_batch_size", "task.eval_size",
+            "train.compilation_cache", "train.loggers", "train.wandb_project", "train.wandb_name",
+            "train.wandb_entity"}
     diff = [f"{s}.{k}" for s in new for k in new[s] if new[s][k] != old[s][k] and f"{s}.{k}" not in free]
     if diff:
         raise cfg_lib.ConfigError(f"workdir {str(workdir)!r} holds a run with a different config "

@@ -27,8 +27,10 @@ from grpo_jax import ConfigError  # noqa: F401  (raised here; re-exported as con
 # Each set of allowed values lives once, in the module that implements it.
 from grpo_jax.advantages import SCALES as SCALE_REWARDS
 from grpo_jax.losses import IMPORTANCE_LEVELS, LOSS_TYPES
+from grpo_jax.metrics import LOGGERS, loggers_problem, parse_loggers
 from grpo_jax.model import ATTENTION_BACKENDS, ATTENTION_CHOICES, DTYPES, LORA_TARGETS, REMAT_POLICIES
 from grpo_jax.rewards import BUILTIN_REWARDS
+from grpo_jax.rewards import check_metric_names as check_reward_metric_names
 from grpo_jax.rewards import STYLES as PROMPT_STYLES
 from grpo_jax.sampling import WEIGHT_LAYOUTS
 from grpo_jax.tasks import BUILTIN_TASKS, SOURCES
@@ -39,11 +41,12 @@ from grpo_jax.train_step import SCHEDULES
 
 @dataclasses.dataclass(slots=True)
 class ModelSection:
-    # A local Hugging Face directory or a .gguf file. Empty: a random-init model with the
-    # architecture below (the quick start).
+    # A local Hugging Face directory or a .gguf file, or a Hub name "owner/name[@revision]" (or
+    # "owner/name/file.gguf") fetched into huggingface_hub's cache (grpo_jax.hub; HF_HUB_OFFLINE=1:
+    # from the cache only). Empty: a random-init model with the architecture below (the quick start).
     path: str = ""
-    # Tokenizer: a HF dir / tokenizer.json / .gguf. Empty: the model path's own tokenizer, or the
-    # built-in character tokenizer when path is empty too.
+    # Tokenizer: a HF dir / tokenizer.json / .gguf / Hub name (its tokenizer files). Empty: the model
+    # path's own tokenizer, or the built-in character tokenizer when path is empty too.
     tokenizer: str = ""
     # Compute dtype: matmul inputs (activations and weights) are cast to it inside each layer; norms,
     # attention softmax and logits stay f32. bfloat16 halves activation memory and bandwidth.
@@ -94,8 +97,9 @@ class TaskSection:
     # A built-in task (grpo_jax.tasks.BUILTIN_TASKS), or your own as "package.module:function", a
     # function config -> grpo_jax.tasks.Task (build it with grpo_jax.tasks.records_task).
     name: str = "arithmetic"
-    # File or directory of the dataset (gsm8k / math500 / svamp / records); with source "tfds", the
-    # TFDS data_dir. Not needed for synthetic tasks.
+    # File or directory of the dataset (gsm8k / math500 / svamp / records), or a Hub dataset name
+    # "owner/name[/folder][@revision]" (e.g. openai/gsm8k; records: openai/gsm8k/main) read from
+    # huggingface_hub's cache; with source "tfds", the TFDS data_dir. Not needed for synthetic tasks.
     data_path: str = ""
     # "files": read data_path directly; "tfds": a prepared TensorFlow Datasets dataset
     # (grpo_jax.tasks.tfds; tfds_name names it) read with tfds.data_source, no TensorFlow needed.
@@ -230,6 +234,19 @@ class TrainSection:
     checkpoint_every: int = 50
     max_checkpoints: int = 3
     samples_every: int = 50  # completion samples into metrics.jsonl; 0 disables
+    # Where metrics go, comma-separated (grpo_jax.metrics.LOGGERS): jsonl (workdir/metrics.jsonl;
+    # required: resume and grpo_jax.report read it), tensorboard (workdir/tb), wandb (Weights & Biases;
+    # optional: pip install 'grpo_jax[wandb]'; WANDB_MODE=offline needs no account). E.g. jsonl,wandb.
+    loggers: str = "jsonl,tensorboard"
+    # wandb only: its project, run name ("" = the workdir's name) and entity ("" = wandb's default).
+    wandb_project: str = "grpo_jax"
+    wandb_name: str = ""
+    wandb_entity: str = ""
+    # Persistent compilation cache (a second launch loads the step and sampler instead of compiling
+    # them): a directory; "auto" = $JAX_COMPILATION_CACHE_DIR when set, else
+    # ${XDG_CACHE_HOME:-~/.cache}/grpo_jax/jax; "" = off. Only your own processes may write there (a
+    # cache entry is code that runs).
+    compilation_cache: str = "auto"
 
 
 @dataclasses.dataclass(slots=True)
@@ -524,6 +541,7 @@ def validate(config: Config, *, num_devices: int | None = None, platform: str | 
         _check(name in BUILTIN_REWARDS or _is_import_path(name), f"rewards.weights.{name}", weight,
                f"a weight for one of {BUILTIN_REWARDS} or an import path 'package.module:function'")
         _check(weight >= 0, f"rewards.weights.{name}", weight, ">= 0")
+    check_reward_metric_names([n for n, w in r.weights.items() if w > 0])  # one metric key per reward
     _check(any(w > 0 for n, w in r.weights.items() if n != "overlong"), "rewards.weights", r.weights,
            "a positive weight on at least one verifier: with none every reward is 0 (or a function of "
            "length alone) and GRPO learns nothing")
@@ -596,6 +614,9 @@ def validate(config: Config, *, num_devices: int | None = None, platform: str | 
         _check(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), ">= 1")
     for key in ("eval_every", "checkpoint_every", "samples_every", "pass_k"):
         _check(getattr(tr, key) >= 0, f"train.{key}", getattr(tr, key), ">= 0 (0 = off)")
+    problem = loggers_problem(parse_loggers(tr.loggers))  # wandb asked for: is it installed? (not imported)
+    if problem:
+        raise ConfigError(f"config key `train.loggers` = {tr.loggers!r} is invalid: {problem}")
     _check(sft.steps >= 0, "sft.steps", sft.steps, ">= 0")
     _check(sft.batch_size >= 1, "sft.batch_size", sft.batch_size, ">= 1")
     _check(sft.learning_rate > 0, "sft.learning_rate", sft.learning_rate, "> 0")
@@ -640,7 +661,7 @@ CHOICES = {
     "rewards.weights": BUILTIN_REWARDS + ("package.module:function",),
     "grpo.loss_type": LOSS_TYPES, "grpo.scale_rewards": SCALE_REWARDS,
     "grpo.importance_level": IMPORTANCE_LEVELS, "optim.schedule": SCHEDULES,
-    "sampling.weight_layout": WEIGHT_LAYOUTS,
+    "sampling.weight_layout": WEIGHT_LAYOUTS, "train.loggers": LOGGERS,
 }
 
 

@@ -36,6 +36,8 @@ from grpo_jax import config as cfg_lib
 from grpo_jax import evaluate as eval_lib
 from grpo_jax import metrics as metrics_lib
 from grpo_jax import model as model_lib
+from grpo_jax import platforms
+from grpo_jax import preemption
 from grpo_jax import rollout
 from grpo_jax import sft
 from grpo_jax import sharding
@@ -76,10 +78,11 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
     # `close` in the finally commits the last one even when the loop raises.
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=c.train.max_checkpoints,
                                  async_save=True)
+    guard = preemption.Guard()
     try:
         start = ckpt.latest_step()
         fresh = start is None
-        writer = metrics_lib.MetricsWriter(workdir, progress_total=c.train.steps,
+        writer = metrics_lib.from_config(c, workdir, progress_total=c.train.steps,
                                            resume_step=-1 if start is None else start)
         rows = []
 
@@ -151,6 +154,7 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                       {"step": 0, "config_hash": cfg_lib.config_hash(c)}, force=True)
 
         done = 0
+        guard.__enter__()  # from here SIGTERM finishes the step, saves it and exits 0 (preemption.py)
         for step in range(start, c.train.steps):
             if stop_after is not None and done >= stop_after:
                 break
@@ -200,23 +204,37 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                     e = gen.examples[0]
                     writer.write_text(now, "completion", f"{e.prompt} -> {gen.completions[0]!r} "
                                                          f"(reward {gen.rewards[0]:.2f}, gold {e.answer})")
-            if is_ckpt:
+            stop = guard.stop(now) and now < c.train.steps
+            if is_ckpt or stop:
                 ckpt.save(now, build.checkpoint_tree(c, state, ref_params),
                           {"step": now, "config_hash": cfg_lib.config_hash(c)}, force=True)
+            if stop:
+                print(preemption.message(now, workdir / "checkpoints"), file=sys.stderr)
+                break
     finally:
-        ckpt.close()
+        ckpt.close()  # waits for the last save (a preempted run's included), SIGTERM still held
+        guard.__exit__(None, None, None)
     writer.close()
     return rows
 
 
 initialize_distributed = build.initialize_distributed  # where it was before it moved to build.py
 
+# --help's section for the flags `build.initialize_distributed` reads (they are not config keys).
+DISTRIBUTED_HELP = """Several processes (one per host; build.initialize_distributed starts jax.distributed):
+  --coordinator_address HOST:PORT  process 0's address, the same on every process (env JAX_COORDINATOR_ADDRESS)
+  --num_processes N                how many processes take part (env JAX_NUM_PROCESSES)
+  --process_id I                   this process's index, 0 .. N-1 (env JAX_PROCESS_ID)
+Without them, a cluster JAX detects by itself (a multi-host Cloud TPU VM, SLURM, Open MPI, Kubernetes)
+starts with no flags; otherwise the run is one process."""
+
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(argv):
-        print(cfg_lib.USAGE + "\n\n" + cfg_lib.help_text())
+        print(cfg_lib.USAGE + "\n\n" + DISTRIBUTED_HELP + "\n\n" + cfg_lib.help_text())
         return 0
+    platforms.skip_absent_tpu()  # no libtpu (and its stderr noise) on a machine without a TPU
     try:
         argv = build.initialize_distributed(argv)
         rows = run(argv)

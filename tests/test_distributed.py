@@ -1,6 +1,8 @@
 """Multi-process training: a 2-process `jax.distributed` run on localhost CPU (gloo collectives,
 4 CPU devices per process, one 4x2 mesh over all 8) writes the same metrics as a 1-process run on
-8 devices, and resumes from a checkpoint both processes wrote into one shared workdir.
+8 devices; SIGTERM reaching process 0 alone mid-run stops BOTH processes after the same step with a
+checkpoint both wrote into one shared workdir (preemption.py's agreement), and the next launch
+resumes from it exactly.
 
 Each child process goes through the command-line entry point (`train.main` with
 --coordinator_address / --num_processes / --process_id, which starts `jax.distributed`); the batches
@@ -24,15 +26,16 @@ from grpo_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "experiments" / "quickstart.py")
-# tests/test_train.py's TINY, shortened to 2 GRPO steps; checkpoint_every=1 so the resume below
-# restores a trained step-1 state, and eval_every=1 so a straight 2-step run logs what 1 + resume does. 30 SFT steps give non-zero rewards (real advantages); the SFT
+# tests/test_train.py's TINY, shortened to 3 GRPO steps; checkpoints only at the start and the end, so
+# the one the resume below restores is the preempted step's, and eval_every=1 so a straight 3-step run
+# logs what the preempted run + resume do. 30 SFT steps give non-zero rewards (real advantages); the SFT
 # validation check at step 15 (early-stop path) runs on both processes too.
 TINY = [
     "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
     "model.head_dim=16", "model.intermediate_size=64", "sft.steps=30", "sft.batch_size=16",
-    "sft.learning_rate=1e-2", "sft.warmup_steps=0", "train.steps=2", "train.prompts_per_step=4",
+    "sft.learning_rate=1e-2", "sft.warmup_steps=0", "train.steps=3", "train.prompts_per_step=4",
     "grpo.group_size=4", "task.eval_size=16", "train.eval_batch_size=16", "train.eval_every=1",
-    "train.checkpoint_every=1", "optim.learning_rate=1e-3", "train.samples_every=1",
+    "train.checkpoint_every=3", "optim.learning_rate=1e-3", "train.samples_every=1",
     "rewards.weights.format=1.0", "sft.eval_every=15", "sft.validation_size=16", "mesh.data=4", "mesh.fsdp=2",
 ]
 TIMING = ("sample_seconds", "reward_seconds", "update_seconds", "step_seconds")
@@ -56,13 +59,28 @@ _CHILD = textwrap.dedent("""
         return verifier
     rewards.correctness, rewards.format_reward = guarded(rewards.correctness), guarded(rewards.format_reward)
 
+    # A preemption notice reaching process 0 alone, during the second of 3 steps: SIGTERM to itself.
+    import os, signal
+    from grpo_jax import rollout
+    collect = rollout.collect
+    def collect_then_sigterm(s, params, step, key):
+        out = collect(s, params, step, key)
+        if step == 1 and jax.process_index() == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    rollout.collect = collect_then_sigterm
+
     # The command-line entry point, as `python -m grpo_jax.train` runs it: it starts jax.distributed
-    # from the flags. 1 step, "crash", then resume to step 2 from the checkpoint both processes wrote.
+    # from the flags. Both processes stop after step 2 with a checkpoint, then resume to step 3.
     argv = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id",
             str(process_id), "--workdir", workdir] + sys.argv[4:]
-    assert train.main(argv + ["--config.train.steps=1"]) == 0
+    assert train.main(argv) == 0
     assert (jax.process_count(), jax.local_device_count(), jax.device_count()) == (2, 4, 8)
-    assert train.main(argv + ["--config.train.steps=2"]) == 0
+    from grpo_jax import checkpoint
+    with checkpoint.Checkpointer(workdir + "/checkpoints") as ckpt:
+        assert ckpt.all_steps() == [0, 2], ckpt.all_steps()
+    print("PREEMPTED AT 2", process_id, flush=True)
+    assert train.main(argv) == 0
     print("CHILD DONE", process_id, flush=True)
     jax.distributed.shutdown()
 """)
@@ -116,7 +134,8 @@ def _run_two_processes(tmp_path, workdir):
     assert time.monotonic() <= deadline, f"2-process run exceeded {TIMEOUT_S} s\n{report}"
     assert [p.returncode for p in procs] == [0, 0], report
     for i in range(2):
-        assert f"CHILD DONE {i}" in logs[i].read_text(), report
+        assert f"PREEMPTED AT 2 {i}" in logs[i].read_text() and f"CHILD DONE {i}" in logs[i].read_text(), report
+        assert "preempted: stopped after step 2" in logs[i].read_text(), report
 
 
 @pytest.mark.slow
@@ -125,7 +144,7 @@ def test_two_process_run_matches_one_process(tmp_path):
     _run_two_processes(tmp_path, multi)
 
     single = tmp_path / "single"
-    train.run(_argv(single))  # straight through: evals every step, so the rows are those of 1 + resume
+    train.run(_argv(single))  # straight through: evals every step, so the rows are those of 2 + resume
 
     got, want = _rows(multi), _rows(single)
     assert [(r["step"], sorted(r)) for r in got] == [(r["step"], sorted(r)) for r in want]
@@ -137,4 +156,4 @@ def test_two_process_run_matches_one_process(tmp_path):
             else:
                 assert g[key] == value, (w["step"], key)
     # Process 0 alone wrote the metrics; both wrote their shards of one checkpoint per step.
-    assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+    assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "2", "3"]
