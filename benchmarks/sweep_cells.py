@@ -13,11 +13,6 @@ steps 2.. in metrics.jsonl: a program step serves all C cells, a run's step one)
 
   RESULT cells=C program_wall_s=... sequential_wall_s=... wall_ratio=... program_step_s=...
          sequential_step_s=... (the sum over cells of each run's median step) step_ratio=...
-         [old_path_step_s=... with --old_path]
-
---old_path (the quick start only) also times the notebooks' JAX-verifier program (`sweep.build_sweep`:
-sample, reward in JAX, update, all on device) on the same cells: its median iteration after the
-first, from the program's initial weights (no SFT: the time does not depend on it).
 """
 import argparse
 import pathlib
@@ -39,7 +34,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--workdir", default=None, help="default: a temporary directory")
-    parser.add_argument("--old_path", action="store_true")
     parser.add_argument("--skip_sequential", action="store_true")
     args, rest = parser.parse_known_args(argv)
     overrides = [a[len("--config."):] for a in rest if a.startswith("--config.")]
@@ -61,11 +55,8 @@ def main(argv=None) -> int:
     program_wall = time.perf_counter() - t0
     program_step = steady(cells[0].workdir)
 
-    old = ""
-    if args.old_path:
-        old = f" old_path_step_s={old_path_step(cells, args.steps):.2f}"
     if args.skip_sequential:
-        print(f"RESULT cells={len(cells)} program_wall_s={program_wall:.1f} program_step_s={program_step:.2f}{old}")
+        print(f"RESULT cells={len(cells)} program_wall_s={program_wall:.1f} program_step_s={program_step:.2f}")
         return 0
     t0 = time.perf_counter()
     sequential_step = 0.0
@@ -76,42 +67,8 @@ def main(argv=None) -> int:
     sequential_wall = time.perf_counter() - t0
     print(f"RESULT cells={len(cells)} program_wall_s={program_wall:.1f} sequential_wall_s={sequential_wall:.1f} "
           f"wall_ratio={sequential_wall / program_wall:.2f} program_step_s={program_step:.2f} "
-          f"sequential_step_s={sequential_step:.2f} step_ratio={sequential_step / program_step:.2f}{old}")
+          f"sequential_step_s={sequential_step:.2f} step_ratio={sequential_step / program_step:.2f}")
     return 0
-
-
-def old_path_step(cells, steps: int) -> float:
-    """Median iteration of the JAX-verifier sweep program (notebooks 02-04) over the same cells."""
-    import jax.numpy as jnp
-
-    from grpo_jax import ablation, build, sweep
-    from grpo_jax import train_step as ts
-
-    c0 = cells[0].config
-    s = build.setup(c0, tempfile.mkdtemp())
-    tables = sweep.verifier_tables(s.tokenizer, s.model_config.vocab_size)
-    start = ablation.Start(s, jax.device_get(s.params), lambda *a: sweep.arithmetic_reward_jax(*a, tables=tables),
-                           s.tokenizer.eos_token_id, 0, None, False)
-    g_max = max(c.config.grpo.group_size for c in cells)
-    optimizer = ts.optimizer_from_config(c0)
-    iteration = sweep.build_grpo_iteration(s.model_config, optimizer, start.reward_fn, group_size=g_max,
-                                           max_new_tokens=c0.sampling.max_new_tokens, eos_id=start.eos_id,
-                                           num_iterations=c0.grpo.num_iterations)
-    C = len(cells)
-    hp = sweep.sweep_hparams(epsilon=[c.config.grpo.epsilon for c in cells], beta=[c.config.grpo.beta for c in cells],
-                             temperature=[c.config.sampling.temperature for c in cells],
-                             epsilon_high=[c.config.grpo.epsilon_high or c.config.grpo.epsilon for c in cells])
-    keys = jax.vmap(jax.random.key)(jnp.array([c.seed for c in cells]))
-    times = []
-    state = sweep.stack(sweep.init_state(start.params, optimizer), C)
-    fn = sweep.build_sweep(iteration)
-    prompts = ablation.prompt_batches(start, c0.train.prompts_per_step)
-    for step in range(steps):
-        t0 = time.perf_counter()
-        state, _ = sweep.run_sweep(fn, state, start.params, prompts, keys, hp,
-                                   [c.config.grpo.group_size for c in cells], steps=1, start=step)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:] or times)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
-"""What the ablation notebooks share: the quick start's warm-started policy, computed once, and plots.
+"""What the ablation notebooks share: the quick start's warm-started policy, computed once, and the
+sweep command that trains every cell from it.
 
 Every notebook in notebooks/ ablates GRPO from the same starting point, the quick start's SFT warm
 start (`experiments/quickstart.py`, the trainer's own SFT stage and early-stopping rule). So they
-share it:
+share it, and train their grid with the sweep program (`python -m grpo_jax.sweep`: sampler, host
+verifiers, advantages and step of the trainer, vmapped over the cells), then read it with
+`grpo_jax.report`:
 
-    start = ablation.warm_start(config, "runs/notebooks")   # SFT once; later calls restore it
-    prompts = ablation.prompt_batches(start, batch_size=16)  # iteration s -> its 16 problems
-    ... sweep.run_sweep(..., start.params, prompts, ...)
-    ablation.show(ablation.plot_curves(history, labels, ["reward_mean", "kl"], "G ablation"))
+    nb = ablation.notebook_setup()                       # SFT once; later calls restore it
+    root = ablation.run_sweep(nb, "group_size", grid=["grpo.group_size=2,4,8"], seeds=3)
+    report.write_report(root)
 
 `warm_start` keeps the SFT params in an Orbax checkpoint under `workdir/sft/<key>`, where key is a
 hash of exactly what SFT depends on (model, task, sft and sampling sections, seed, clip norm), so a
 notebook with other settings never picks up a stale warm start, and a finished one is restored in
-seconds instead of re-running SFT.
+seconds instead of re-running SFT. Beside it, `model/` holds the same policy as a Hugging Face
+directory (weights in f32, the character tokenizer): the sweep's cells start from it with
+`model.path` (and `sft.steps=0`), every seed from the same warm start, as the notebooks did before.
 """
 from __future__ import annotations
 
@@ -24,21 +28,20 @@ import pathlib
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import numpy as np
 
 from grpo_jax import checkpoint as ckpt_lib
 from grpo_jax import config as cfg_lib
-from grpo_jax import build, sft, sweep
+from grpo_jax import build, sft
 
 
 class Start(NamedTuple):
     setup: build.Setup  # config, mesh, tokenizer, model_config, task (setup.params: the random init)
     params: Any  # the warm-started policy: plain single-device arrays
-    reward_fn: Callable  # the arithmetic verifier in JAX: (tokens, mask, answers, answer_mask) -> f32[N]
     eos_id: int
     sft_steps: int  # SFT steps actually run (fewer than sft.steps when it stopped early)
     validation_accuracy: float | None  # the held-out validation accuracy SFT stopped at (None: not checked)
     restored: bool  # True: read from the cache, SFT not re-run
+    model_dir: pathlib.Path  # the same policy as a Hugging Face directory (f32 weights + tokenizer)
 
 
 def sft_key(config: cfg_lib.Config) -> str:
@@ -52,15 +55,15 @@ def sft_key(config: cfg_lib.Config) -> str:
 
 def warm_start(config: cfg_lib.Config, workdir: str | pathlib.Path, *,
                log: Callable[[str], None] = print) -> Start:
-    """The quick start's SFT warm start for `config` (arithmetic task), run once per distinct SFT
-    setting and cached under `workdir/sft/<sft_key(config)>`."""
-    if config.task.name != "arithmetic":
-        raise cfg_lib.ConfigError(f"config key `task.name` = {config.task.name!r}: the ablation sweeps "
-                                  "need a verifier in JAX, which exists for 'arithmetic' only")
+    """The SFT warm start for `config` (the trainer's own SFT stage), run once per distinct SFT
+    setting and cached under `workdir/sft/<sft_key(config)>`, with its Hugging Face twin in
+    `model/` there (written once, atomically)."""
+    from grpo_jax import weights as weights_lib
+
     workdir = pathlib.Path(workdir)
     s = build.setup(config, workdir)
     directory = workdir / "sft" / sft_key(config)
-    with ckpt_lib.Checkpointer(directory, max_to_keep=1) as ckpt:
+    with ckpt_lib.Checkpointer(directory / "checkpoint", max_to_keep=1) as ckpt:
         if ckpt.latest_step() is not None:
             params, meta = ckpt.restore(ckpt_lib.abstract_like(s.params))
             log(f"warm start restored from {os.path.relpath(directory)} (SFT step {meta['sft_steps']}, "
@@ -80,16 +83,29 @@ def warm_start(config: cfg_lib.Config, workdir: str | pathlib.Path, *,
             ckpt.save(steps, params, {"sft_steps": steps, "validation_accuracy": accuracy,
                                       "sft_key": sft_key(config)}, force=True)
             ckpt.wait()
-    tables = sweep.verifier_tables(s.tokenizer, s.model_config.vocab_size)
-    return Start(s, jax.device_get(params), lambda *a: sweep.arithmetic_reward_jax(*a, tables=tables),
-                 s.tokenizer.eos_token_id, steps, accuracy, restored)
+    params = jax.device_get(params)
+    model_dir = directory / "model"
+    if not (model_dir / "config.json").is_file() and jax.process_index() == 0:
+        tmp = directory / f"model.tmp{os.getpid()}"
+        weights_lib.save_hf(tmp, s.model_config, params)  # f32: the policy exactly
+        s.tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, model_dir)
+    return Start(s, params, s.tokenizer.eos_token_id, steps, accuracy, restored, model_dir)
 
 
 class Notebook(NamedTuple):
     config: cfg_lib.Config  # the quick start's config (shrunk when small)
     start: Start  # its SFT warm start, shared by every notebook
     small: bool  # GRPO_JAX_NOTEBOOK_SMALL=1: a tiny model and a few steps (CI), no learning visible
-    workdir: pathlib.Path  # where the shared warm start lives
+    workdir: pathlib.Path  # where the shared warm start and the notebooks' sweeps live
+    experiment: pathlib.Path  # experiments/quickstart.py of this checkout
+
+
+# The size a notebook's sweep shrinks to under GRPO_JAX_NOTEBOOK_SMALL=1 (CI): a smoke test of every
+# cell of the grid, nothing learnt.
+SMALL_OVERRIDES = ("train.steps=2", "train.prompts_per_step=2", "grpo.group_size=4", "task.eval_size=16",
+                   "train.eval_batch_size=16", "train.eval_every=2", "train.checkpoint_every=2",
+                   "train.samples_every=0", "grpo.num_iterations=1")
 
 
 def notebook_setup(*, log: Callable[[str], None] = print) -> Notebook:
@@ -98,7 +114,7 @@ def notebook_setup(*, log: Callable[[str], None] = print) -> Notebook:
     checkout) and its shared SFT warm start (`warm_start`), under runs/notebooks of the checkout.
 
     Environment: GRPO_JAX_NOTEBOOK_SMALL=1 shrinks the model and SFT to a smoke test (CI);
-    GRPO_JAX_NOTEBOOK_WORKDIR moves the shared warm start elsewhere.
+    GRPO_JAX_NOTEBOOK_WORKDIR moves the shared warm start (and the sweeps) elsewhere.
     """
     import warnings
 
@@ -118,54 +134,35 @@ def notebook_setup(*, log: Callable[[str], None] = print) -> Notebook:
         m = config.model
         m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim, m.intermediate_size = 32, 2, 2, 1, 16, 64
         config.sft.steps = 3
-    return Notebook(config, warm_start(config, workdir, log=log), small, workdir)
+    return Notebook(config, warm_start(config, workdir, log=log), small, workdir, experiment)
 
 
-def prompt_batches(start: Start, batch_size: int) -> Callable[[int], sweep.Prompts]:
-    """Iteration s -> its `batch_size` training problems (a pure function of s, as in the trainer)."""
-    s = start.setup
-
-    def prompts(step: int) -> sweep.Prompts:
-        examples = [s.task.train_example(i) for i in range(step * batch_size, (step + 1) * batch_size)]
-        return sweep.encode_batch(s.tokenizer, examples, max_prompt_length=s.config.sampling.max_prompt_length,
-                                  prompt_fn=s.task.prompt)
-
-    return prompts
-
-
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average along axis 0 (the first window-1 points average what exists)."""
-    values = np.asarray(values, np.float64)
-    if window <= 1:
-        return values
-    c = np.cumsum(values, axis=0)
-    out = c.copy()
-    out[window:] = c[window:] - c[:-window]
-    counts = np.minimum(np.arange(1, len(values) + 1), window).reshape(-1, *([1] * (values.ndim - 1)))
-    return out / counts
+def sweep_argv(nb: Notebook, name: str, *, grid: Sequence[str], seeds: int, overrides: Sequence[str] = (),
+               cells_per_program: int = 0) -> list:
+    """The `python -m grpo_jax.sweep` arguments of a notebook's grid: the quick start's experiment,
+    every cell starting from the shared warm start (`model.path` = its HF directory, `sft.steps=0`),
+    `overrides` on top (ignored at the small size, which uses SMALL_OVERRIDES), into
+    `nb.workdir/sweeps/<name>`."""
+    extra = list(SMALL_OVERRIDES if nb.small else overrides)
+    argv = ["--config", str(nb.experiment), "--workdir", str(nb.workdir / "sweeps" / name), "--seeds", str(seeds),
+            f"--config.model.path={nb.start.model_dir}", "--config.sft.steps=0"]
+    argv += [a for g in grid for a in ("--grid", g)] + [f"--config.{o}" for o in extra]
+    return argv + (["--cells_per_program", str(cells_per_program)] if cells_per_program else [])
 
 
-def plot_curves(history: Sequence[dict], labels: Sequence[str], keys: Sequence[str], title: str, *,
-                window: int = 1, groups: Sequence[int] | None = None):
-    """One panel per metric key, one line per configuration, from `sweep.run_sweep`'s history.
-    `groups[c]` (optional) gives configuration c's line index: configurations sharing a group (e.g.
-    seeds of one setting) are averaged into one line, labelled by the group's first label.
-    `window`: trailing moving average over iterations. Returns the matplotlib Figure."""
-    import matplotlib.pyplot as plt
+def run_sweep(nb: Notebook, name: str, *, grid: Sequence[str], seeds: int, overrides: Sequence[str] = (),
+              cells_per_program: int = 0, log: Callable[[str], None] = print) -> pathlib.Path:
+    """Runs (or, when its sweep.json is there, resumes: a finished sweep trains nothing) a notebook's
+    grid (`sweep_argv`) and returns its directory, for `grpo_jax.report`."""
+    from grpo_jax import sweep
 
-    groups = list(range(len(labels))) if groups is None else list(groups)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        values = np.stack([np.asarray(h[key]) for h in history])  # [iterations, C]
-        for g in dict.fromkeys(groups):
-            members = [c for c, gc in enumerate(groups) if gc == g]
-            ax.plot(smooth(values[:, members].mean(axis=1), window), label=labels[members[0]])
-        ax.set_title(key)
-        ax.set_xlabel("iteration")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    argv = sweep_argv(nb, name, grid=grid, seeds=seeds, overrides=overrides, cells_per_program=cells_per_program)
+    root = pathlib.Path(argv[argv.index("--workdir") + 1])
+    shown = [os.path.relpath(a) if os.path.isabs(a) else a for a in argv]
+    log("python -m grpo_jax.sweep " + " ".join(a.replace(str(nb.start.model_dir), "WARM_START") for a in shown))
+    if sweep.main(argv) != 0:
+        raise RuntimeError(f"the sweep into {root} failed (its error is above)")
+    return root
 
 
 def show(fig) -> None:
@@ -179,23 +176,18 @@ def show(fig) -> None:
     display(Image(data=buffer.getvalue()))
 
 
-def held_out_accuracy(start: Start, stacked_params, *, size: int = 256) -> np.ndarray:
-    """Greedy accuracy on the first `size` reported held-out problems for each configuration of a
-    sweep's final params (leading configuration axis C) -> f64[C]. The same metric the trainer's
-    `eval_accuracy` reports, so a sweep's outcome reads on the quick start's scale."""
-    from grpo_jax import evaluate as eval_lib
+def show_report(root: str | pathlib.Path, *, bootstrap: int = 2000, seed: int = 0) -> pathlib.Path:
+    """`grpo_jax.report` on a sweep directory, displayed in the notebook: the markdown (accuracy with
+    intervals, paired differences and their verdicts, per-group diagnostics) and its two figures.
+    Returns the report's path."""
+    from IPython.display import Image, Markdown, display
 
-    s = start.setup
-    c = s.config
-    task = s.task._replace(eval_examples=s.task.eval_examples[:size])
-    count = jax.tree.leaves(stacked_params)[0].shape[0]
-    out = []
-    for i in range(count):
-        params = jax.tree.map(lambda x: x[i], stacked_params)
-        out.append(eval_lib.evaluate(s.model_config, params, s.tokenizer, task, key=jax.random.key(0),
-                                     batch_size=c.train.eval_batch_size,
-                                     max_prompt_length=c.sampling.max_prompt_length,
-                                     max_new_tokens=c.sampling.max_new_tokens, put=s.put,
-                                     weight_layout=c.sampling.weight_layout,
-                                     length_buckets=c.train.length_buckets)["eval_accuracy"])
-    return np.asarray(out)
+    from grpo_jax import report
+
+    path = report.write_report(root, bootstrap=bootstrap, seed=seed)
+    where = os.path.relpath(path.parent, pathlib.Path.cwd())
+    display(Markdown(path.read_text().replace("](", "](" + where + "/")))
+    for figure in ("accuracy.png", "curves.png"):
+        if (path.parent / figure).is_file():
+            display(Image(filename=str(path.parent / figure)))
+    return path

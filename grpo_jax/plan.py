@@ -73,6 +73,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from grpo_jax import build
 from grpo_jax import config as cfg_lib
+from grpo_jax import hub
 from grpo_jax import model as model_lib
 from grpo_jax import sampling
 from grpo_jax import sharding
@@ -84,7 +85,7 @@ LIBTPU_PIN = "0.0.42"  # jax 0.10.2's [tpu] extra pins libtpu 0.0.42.*; pyprojec
 # Usable HBM per chip (GiB): what the TPU compiler allows (v5e: 16 GiB chips, 15.75 measured in its
 # CompileTimeHbmOom message); the others are the nominal size minus the same 1/64 reserve.
 HBM_GIB = {"v5e": 15.75, "v6e": 31.5, "v5p": 93.5, "v4": 31.5}
-USAGE = ("usage: python -m grpo_jax.plan --config experiments/NAME.py --topology v5e-8|v5e:4x4|cpu "
+USAGE = ("usage: python -m grpo_jax.plan --config experiments/NAME.py --topology v5e-8|v5e:4x4|cpu|local "
          "[--search N] [--cells C] [--config.section.key=value ...]")
 
 
@@ -94,7 +95,7 @@ class PlanError(Exception):
 
 class Topology(NamedTuple):
     name: str  # as given
-    generation: str  # v5e, v6e, v5p, v4, or cpu
+    generation: str  # v5e, v6e, v5p, v4, or this machine's backend (cpu, gpu, tpu: `local_topology`)
     devices: list
     hosts: int
     hbm_gib: float  # usable memory per chip
@@ -163,6 +164,8 @@ def check_libtpu() -> str:
 
 
 def get_topology(name: str) -> Topology:
+    if name == "local":  # this machine's own devices (a GPU VM, a TPU VM's chips), their own memory
+        return local_topology()
     if name == "cpu":
         devices = jax.devices()
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
@@ -191,6 +194,25 @@ def get_topology(name: str) -> Topology:
     return Topology(name, gen, devices, hosts, HBM_GIB[gen])
 
 
+def local_topology(*, memory_gib: float | None = None) -> Topology:
+    """This machine's own devices, as a sweep or a run uses them: per device, the memory its backend
+    reports (`bytes_limit` of an accelerator's memory_stats) or, for CPU devices, an equal share of
+    the host's RAM; `memory_gib` overrides it (headroom for other processes, or a test)."""
+    devices = jax.devices()
+    backend = jax.default_backend()
+    if memory_gib is None:
+        if backend == "cpu":
+            memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB / len(devices)
+        else:
+            limit = (devices[0].memory_stats() or {}).get("bytes_limit")
+            if not limit:
+                raise PlanError(f"the {backend} backend reports no memory limit for {devices[0]}: give the "
+                                f"memory per device explicitly")
+            memory_gib = limit / GiB
+    hosts = len({d.process_index for d in devices})
+    return Topology("local", backend, devices, hosts, float(memory_gib))
+
+
 # ------------------------------------------------------------------------------------ model
 def model_config(config: cfg_lib.Config, tokenizer) -> model_lib.ModelConfig:
     """The run's ModelConfig without any weight: config.json of `model.path`, or the architecture in
@@ -199,7 +221,7 @@ def model_config(config: cfg_lib.Config, tokenizer) -> model_lib.ModelConfig:
     m = config.model
     lora = weights_lib.run_options(m)
     if m.path:
-        path = pathlib.Path(m.path)
+        path = hub.resolve(m.path, key="model.path")  # a Hub name: its cached snapshot (without_weights)
         if path.suffix == ".gguf":  # the header holds the architecture; no tensor is read (memory-mapped)
             mc = weights_lib._gguf_config(weights_lib.gguf_reader(path), file=path, dtype=m.dtype,
                                           param_dtype=m.param_dtype)
@@ -358,8 +380,9 @@ class Programs(NamedTuple):
 
 
 def platform_of(topo: Topology) -> str:
-    """The jax platform a topology compiles for: tpu, or this machine's own backend for `cpu`."""
-    return jax.default_backend() if topo.generation == "cpu" else "tpu"
+    """The jax platform a topology compiles for: tpu, or this machine's own backend for `cpu` and
+    `local`."""
+    return jax.default_backend() if topo.name in ("cpu", "local") or topo.generation == "cpu" else "tpu"
 
 
 def target_config(config: cfg_lib.Config, topo: Topology) -> cfg_lib.Config:
@@ -496,10 +519,11 @@ def _fit_batches(config: cfg_lib.Config, devices: int) -> int:
 def without_weights(config: cfg_lib.Config) -> tuple[cfg_lib.Config, str | None]:
     """A plan needs no weights: when model.path does not exist here (planning from a laptop for a TPU
     VM that holds the checkpoint), the architecture the experiment writes in its model section is
-    planned instead (with the built-in tokenizer's EOS, which changes no memory figure). Returns the
-    config to plan and a note, or the config itself and None when the path exists or is empty."""
+    planned instead (with the built-in tokenizer's EOS, which changes no memory figure). A Hub name
+    counts as here when huggingface_hub's cache holds it; a plan never downloads. Returns the config
+    to plan and a note, or the config itself and None when the path exists or is empty."""
     m = config.model
-    if not m.path or pathlib.Path(m.path).exists():
+    if not m.path or pathlib.Path(m.path).exists() or hub.in_cache(m.path) is not None:
         return config, None
     if m.vocab_size <= 0:
         raise cfg_lib.ConfigError(
@@ -732,6 +756,8 @@ def main(argv=None) -> int:
     if {"-h", "--help"} & set(argv):
         print(USAGE + "\n\n" + __doc__)
         return 0
+    from grpo_jax import platforms
+    platforms.skip_absent_tpu()  # no libtpu (and its stderr noise) on a machine without a TPU
     try:
         config, topology, search, cells = parse_args(argv)
         topo = get_topology(topology)

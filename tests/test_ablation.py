@@ -1,11 +1,12 @@
 """grpo_jax.ablation: the shared warm start is computed once and restored bit-identically, keyed by
-exactly what SFT depends on; the plotting helpers' arithmetic."""
+exactly what SFT depends on; its Hugging Face twin is the same policy; the notebooks' sweep command."""
+import pathlib
+
 import jax
 import numpy as np
-import pytest
 
-from grpo_jax import ablation, sweep
-from grpo_jax.config import Config, ConfigError
+from grpo_jax import ablation
+from grpo_jax.config import Config
 
 
 def _config(**sft):
@@ -41,43 +42,25 @@ def test_warm_start_runs_sft_once_then_restores_it(tmp_path):
     assert ablation.sft_key(grpo_only) == ablation.sft_key(_config()) != ablation.sft_key(_config(steps=4))
 
 
-def test_warm_start_reward_fn_and_prompt_batches(tmp_path):
+def test_warm_start_model_dir_is_the_policy_and_the_sweep_starts_from_it(tmp_path):
+    """The warm start's Hugging Face twin loads back (weights and tokenizer) as the very policy, and
+    the notebooks' sweep command points every cell at it with SFT off."""
+    from grpo_jax import weights
+    from grpo_jax import tokenizer as tok_lib
+
     start = ablation.warm_start(_config(), tmp_path, log=lambda _: None)
-    prompts = ablation.prompt_batches(start, 4)
-    batch = prompts(2)
-    examples = [start.setup.task.train_example(i) for i in range(8, 12)]
-    want = sweep.encode_batch(start.setup.tokenizer, examples, max_prompt_length=16, prompt_fn=start.setup.task.prompt)
-    for got, exp in zip(batch, want):
-        np.testing.assert_array_equal(got, exp)
-    # The JAX verifier scores the gold-formatted completion 1 and a wrong one 0.
-    from grpo_jax.tasks.prompts import format_target
-    tok, e = start.setup.tokenizer, examples[0]
-    texts = [format_target(e.meta["reasoning"], e.answer, style="reasoning"),
-             format_target(e.meta["reasoning"], str(int(e.answer) + 1), style="reasoning")]
-    enc = [tok(t, add_special_tokens=False)["input_ids"] + [start.eos_id] for t in texts]
-    width = max(map(len, enc))
-    tokens = np.array([x + [start.eos_id] * (width - len(x)) for x in enc])
-    mask = np.array([[1] * len(x) + [0] * (width - len(x)) for x in enc])
-    answers, answer_mask = sweep.encode_answers(tok, [e.answer] * 2, max_length=8)
-    np.testing.assert_array_equal(np.asarray(start.reward_fn(tokens, mask, answers, answer_mask)), [1.0, 0.0])
-    accuracy = ablation.held_out_accuracy(start, sweep.stack(start.params, 2), size=4)
-    assert accuracy.shape == (2,) and accuracy[0] == accuracy[1]  # same params, same greedy answers
-
-
-def test_warm_start_needs_the_jax_verifier(tmp_path):
-    c = _config()
-    c.task.name = "countdown"
-    with pytest.raises(ConfigError, match="task.name"):
-        ablation.warm_start(c, tmp_path)
-
-
-def test_smooth_and_grouped_curves():
-    np.testing.assert_allclose(ablation.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
-    np.testing.assert_allclose(ablation.smooth(np.array([[1.0], [3.0], [8.0]]), 3), [[1.0], [2.0], [4.0]])
-    np.testing.assert_allclose(ablation.smooth(np.array([1.0, 3.0]), 1), [1.0, 3.0])
-    history = [{"r": np.array([0.0, 2.0, 5.0])}, {"r": np.array([2.0, 4.0, 5.0])}]
-    fig = ablation.plot_curves(history, ["a", "a'", "b"], ["r"], "t", groups=[0, 0, 1])
-    lines = fig.axes[0].get_lines()
-    assert [line.get_label() for line in lines] == ["a", "b"]
-    np.testing.assert_allclose(lines[0].get_ydata(), [1.0, 3.0])  # seeds averaged
-    np.testing.assert_allclose(lines[1].get_ydata(), [5.0, 5.0])
+    mc, params = weights.load_hf(start.model_dir)
+    assert mc.vocab_size == start.setup.model_config.vocab_size
+    for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # f32 export: exact
+    tok = tok_lib.load_tokenizer(start.model_dir)
+    text = "What is 47+39?"
+    assert tok(text)["input_ids"] == start.setup.tokenizer(text)["input_ids"]
+    assert tok.eos_token_id == start.eos_id
+    nb = ablation.Notebook(_config(), start, False, tmp_path, pathlib.Path("experiments/quickstart.py"))
+    argv = ablation.sweep_argv(nb, "g", grid=["grpo.group_size=2,4"], seeds=3, overrides=["train.steps=7"])
+    assert argv[argv.index("--workdir") + 1] == str(tmp_path / "sweeps" / "g")
+    assert f"--config.model.path={start.model_dir}" in argv and "--config.sft.steps=0" in argv
+    assert argv[argv.index("--grid") + 1] == "grpo.group_size=2,4" and "--config.train.steps=7" in argv
+    small = ablation.sweep_argv(nb._replace(small=True), "g", grid=[], seeds=1, overrides=["train.steps=7"])
+    assert "--config.train.steps=7" not in small and "--config.train.steps=2" in small

@@ -77,10 +77,13 @@ spec = importlib.util.find_spec  # the real one, for the monkeypatched lookup ab
 
 
 @pytest.mark.slow
-def test_plan_cpu(capsys):
-    assert plan.main([*TINY, "--topology", "cpu"]) == 0
+def test_plan_local(capsys):
+    """`--topology local`: this machine's own devices and memory (what the sweep packs by), here the
+    8 simulated CPU devices sharing the host's RAM."""
+    assert plan.main([*TINY, "--topology", "local"]) == 0
     out = capsys.readouterr().out
     _check(_result(out))
+    assert "plan: local (cpu, 8 chips over 1 host(s)" in out
     assert "mesh data=8 x fsdp=1" in out  # the 8 simulated CPU devices
     assert "sampler weights: replicated (" in out  # says which sampling.weight_layout it planned
 

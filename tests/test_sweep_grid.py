@@ -1,7 +1,8 @@
 """The sweep program (`python -m grpo_jax.sweep`): a grid of configurations x seeds for any task with
 host verifiers, the cells that differ only in vmappable keys trained as ONE program, each cell an
-ordinary workdir that equals the same configuration trained alone by `grpo_jax.train`, resumable,
-and bad grids refused before any work, naming the key.
+ordinary workdir that equals the same configuration trained alone by `grpo_jax.train`, preemptible
+(SIGTERM) and resumable, packed by the plan's memory, and bad grids refused before any work, naming
+the key.
 
 One tiny configuration (tests/test_train.py's, 2 GRPO steps) with a short SFT warm start, so the
 rewards and advantages are real; format credit varies early on.
@@ -76,10 +77,28 @@ def _policy(workdir, config):
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """The grid trained 1 step, stopped, and resumed to 2: the run every test below reads (the
-    comparison with runs alone then also shows the resume exact)."""
+    """The grid of 2 steps preempted during step 1 (SIGTERM to this process: the program finishes the
+    step, saves every cell at it and the sweep stops, returning 0), then resumed to 2 by the same
+    command: the run every test below reads (the comparison with runs alone then also shows the
+    preemption and the resume exact)."""
+    import os
+    import signal
+
+    from grpo_jax import rollout
+
     workdir = tmp_path_factory.mktemp("sweep") / "grid"
-    assert sweep.main(_sweep_argv(workdir, "--config.train.steps=1")) == 0
+    score = rollout.score
+
+    def score_then_sigterm(*args, **kwargs):  # the notice arrives while step 1's batch is scored
+        os.kill(os.getpid(), signal.SIGTERM)
+        return score(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rollout, "score", score_then_sigterm)
+        assert sweep.main(_sweep_argv(workdir)) == 0
+    for cell in json.loads((workdir / sweep.SWEEP_FILE).read_text())["cells"]:
+        with ckpt_lib.Checkpointer(workdir / cell["workdir"] / "checkpoints") as ckpt:
+            assert ckpt.latest_step() == 1  # stopped after step 1 of 2, every cell saved there
     assert sweep.main(_sweep_argv(workdir)) == 0
     return workdir
 
@@ -151,6 +170,41 @@ def test_programs_hold_what_one_program_can_carry(tmp_path):
     assert [len(p) for p in sweep.plan_programs(dapo)] == [1, 1]
 
 
+def test_programs_are_packed_as_the_plan_says_they_fit(tmp_path, monkeypatch):
+    """`--fit`: each program of more cells than fit the devices' memory is split into programs of the
+    largest C the plan tool finds (`plan.plan(config, local topology, cells=C)`, compiled: pinned by
+    tests/test_plan.py). The plan is asked about the program as it samples: G_max rows per prompt."""
+    from grpo_jax import plan
+
+    asked = []
+
+    def fake_plan(config, topo, *, cells, out):
+        asked.append((config.grpo.group_size, cells, topo.name, topo.hbm_gib))
+        return {"max_cells": 3 if cells > 3 else cells, "per_chip_gib": 1.5 * cells}
+
+    monkeypatch.setattr(plan, "plan", fake_plan)
+    cells = sweep.expand_grid(QUICKSTART, TINY, sweep.parse_grid(["grpo.loss_type=grpo,bnpo", "grpo.group_size=2,4"]),
+                              4, tmp_path)  # 2 programs of 8 cells
+    dapo = sweep.expand_grid(QUICKSTART, TINY + ["grpo.dynamic_sampling=true"], {}, 1, tmp_path / "d")
+    logs = []
+    programs = sweep.fit_programs(sweep.plan_programs(cells) + sweep.plan_programs(dapo), memory_gib=2.5,
+                                  log=logs.append)
+    assert [[c.index for c in p] for p in programs] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9, 10], [11, 12, 13],
+                                                        [14, 15], [0]]
+    assert asked == [(4, 8, "local", 2.5), (4, 8, "local", 2.5)]  # the DAPO cell runs alone: nothing to ask
+    assert "8 cells need 12.00 GiB per device of 2.50: 3 per program" in logs[0]
+    # A resume packs the cells as the first launch did, whatever this machine's memory.
+    workdir = tmp_path
+    sweep._write_sweep_file(workdir, QUICKSTART, TINY, {"k": []}, 4, cells, programs[:6])
+    sweep._write_sweep_file(workdir, QUICKSTART, TINY, {"k": []}, 4, cells)  # the grid's check on a resume
+    assert [[c.index for c in p] for p in sweep._recorded_programs(workdir, cells)] == \
+        [[c.index for c in p] for p in programs[:6]]
+    assert sweep._recorded_programs(workdir, cells[:8]) is None  # not these cells: pack afresh
+    local = plan.local_topology()
+    assert local.name == "local" and local.devices == jax.devices() and local.hbm_gib > 0
+    assert plan.local_topology(memory_gib=3.0).hbm_gib == 3.0
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--grid", "grpo.nope=1,2"], r"grpo\.nope"),
     (["--grid", "grpo.beta=0,-1"], r"grpo\.beta"),
@@ -159,6 +213,7 @@ def test_programs_hold_what_one_program_can_carry(tmp_path):
     (["--grid", "grpo.loss_type=grpo,bnpo", "--one_program"], r"grpo\.loss_type cannot vary inside one program"),
     (["--seeds", "0"], r"--seeds 0"),
     (["--grid", "mesh.data=16,4"], r"mesh\.data"),
+    (["--memory_gib", "0"], r"--memory_gib 0"),
 ])
 def test_bad_grids_are_refused_before_any_work(tmp_path, capsys, extra, match):
     workdir = tmp_path / "grid"
