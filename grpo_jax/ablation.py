@@ -119,6 +119,9 @@ def notebook_setup(*, log: Callable[[str], None] = print) -> Notebook:
     import warnings
 
     import matplotlib
+
+    from grpo_jax import platforms
+    platforms.skip_absent_tpu()  # no libtpu (and its stderr noise) on a machine without a TPU
     matplotlib.use("Agg")
     warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in a plain kernel
     root = pathlib.Path(__file__).resolve().parents[1]
@@ -156,12 +159,23 @@ def run_sweep(nb: Notebook, name: str, *, grid: Sequence[str], seeds: int, overr
     grid (`sweep_argv`) and returns its directory, for `grpo_jax.report`."""
     from grpo_jax import sweep
 
+    import contextlib
+    import time
+
     argv = sweep_argv(nb, name, grid=grid, seeds=seeds, overrides=overrides, cells_per_program=cells_per_program)
     root = pathlib.Path(argv[argv.index("--workdir") + 1])
     shown = [os.path.relpath(a) if os.path.isabs(a) else a for a in argv]
     log("python -m grpo_jax.sweep " + " ".join(a.replace(str(nb.start.model_dir), "WARM_START") for a in shown))
-    if sweep.main(argv) != 0:
-        raise RuntimeError(f"the sweep into {root} failed (its error is above)")
+    root.mkdir(parents=True, exist_ok=True)
+    # The sweep's per-step lines go to a file beside it, not into the notebook.
+    t0 = time.perf_counter()
+    with open(root / "sweep.log", "a") as out, contextlib.redirect_stderr(out):
+        code = sweep.main(argv)
+    lines = (root / "sweep.log").read_text().splitlines()
+    if code != 0:
+        raise RuntimeError(f"the sweep into {root} failed: " + "\n".join(lines[-20:]))
+    log(f"{len(json.loads((root / sweep.SWEEP_FILE).read_text())['cells'])} cells trained or resumed in "
+        f"{time.perf_counter() - t0:.0f} s (log: {os.path.relpath(root / 'sweep.log')})")
     return root
 
 
