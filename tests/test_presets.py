@@ -115,7 +115,7 @@ def tiny_chat_model(tmp_path_factory):
 def test_preset_runs_two_steps_on_a_tiny_hf_model(name, tiny_chat_model, tmp_path):
     # The preset's own algorithm (G, epsilon, beta, loss, K, dynamic sampling, ...), model.attention=auto
     # (xla on this CPU) and chunked rollouts; only the scale is shrunk: 2 prompts per step, 8 new
-    # tokens, a 400-token prompt limit, one device, so the 7B plan's minibatches
+    # tokens, a 640-token prompt limit (R1's template makes 469-token prompts), one device, so the 7B plan's minibatches
     # (train.num_minibatches) do not divide the batch and the rollouts are chunked one group per
     # sampler call (sampling.batch_size = G) instead of the plan's chunk. What the CPU needs: f32
     # compute and unrolled layers (bf16 matmuls and a scanned decode are slower on XLA:CPU,
@@ -128,7 +128,7 @@ def test_preset_runs_two_steps_on_a_tiny_hf_model(name, tiny_chat_model, tmp_pat
     overrides = [
         f"model.path={model_dir}", "task.name=gsm8k", f"task.data_path={data}", "task.chat_template=true",
         "task.eval_size=4", "train.eval_batch_size=4", "train.eval_every=2", "train.steps=2",
-        "train.prompts_per_step=2", "sampling.max_new_tokens=8", "sampling.max_prompt_length=400",
+        "train.prompts_per_step=2", "sampling.max_new_tokens=8", "sampling.max_prompt_length=640",
         "rewards.overlong_cache=4", "grpo.dynamic_sampling_max_rounds=2", "mesh.data=1", "mesh.fsdp=1",
         "train.checkpoint_every=2", "train.num_minibatches=1", f"sampling.batch_size={preset.grpo.group_size}",
         "model.dtype=float32", "model.scan_layers=false", "model.remat=none"]
