@@ -147,7 +147,8 @@ def sweep_argv(nb: Notebook, name: str, *, grid: Sequence[str], seeds: int, over
     `overrides` on top (ignored at the small size, which uses SMALL_OVERRIDES), into
     `nb.workdir/sweeps/<name>`."""
     extra = list(SMALL_OVERRIDES if nb.small else overrides)
-    argv = ["--config", str(nb.experiment), "--workdir", str(nb.workdir / "sweeps" / name), "--seeds", str(seeds),
+    argv = ["--config", os.path.relpath(nb.experiment), "--workdir", str(nb.workdir / "sweeps" / name),
+            "--seeds", str(seeds),
             f"--config.model.path={nb.start.model_dir}", "--config.sft.steps=0"]
     argv += [a for g in grid for a in ("--grid", g)] + [f"--config.{o}" for o in extra]
     return argv + (["--cells_per_program", str(cells_per_program)] if cells_per_program else [])
