@@ -707,6 +707,17 @@ USAGE = ("usage: python -m grpo_jax.train --config experiments/NAME.py --workdir
          "[--config.section.key=value ...] [--help]")
 
 
+def override_item(arg: str, rest: list) -> str:
+    """One `--config.section.key=value` (or `--config.section.key value`, taking the value from the
+    front of `rest`) of a command line -> "section.key=value"."""
+    item = arg[len("--config."):]
+    if "=" not in item:
+        if not rest:
+            raise ConfigError(f"{arg} needs a value")
+        item = f"{item}={rest.pop(0)}"
+    return item
+
+
 def parse_command_line(argv: Sequence[str]) -> tuple[Config, str]:
     """`--config PATH --workdir DIR [--config.a.b=v ...]` -> (validated Config, workdir)."""
     path = workdir = None
@@ -715,12 +726,7 @@ def parse_command_line(argv: Sequence[str]) -> tuple[Config, str]:
     while args:
         arg = args.pop(0)
         if arg.startswith("--config."):
-            item = arg[len("--config."):]
-            if "=" not in item:
-                if not args:
-                    raise ConfigError(f"{arg} needs a value")
-                item = f"{item}={args.pop(0)}"
-            overrides.append(item)
+            overrides.append(override_item(arg, args))
         elif arg in ("--config", "--workdir"):
             if not args:
                 raise ConfigError(f"{arg} needs a value")

@@ -205,11 +205,7 @@ def parse_args(argv) -> tuple[str | None, str, bool, list]:
         if arg == "--base_model":
             base_model = True
         elif name.startswith("--config."):
-            if not eq:
-                if not args:
-                    raise cfg_lib.ConfigError(f"{arg} needs a value")
-                value = args.pop(0)
-            overrides.append(f"{name[len('--config.'):]}={value}")
+            overrides.append(cfg_lib.override_item(arg, args))
         elif name in ("--config", "--workdir"):
             if not eq:
                 if not args:

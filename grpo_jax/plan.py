@@ -723,12 +723,7 @@ def parse_args(argv) -> tuple[cfg_lib.Config, str, int, int]:
         arg = args.pop(0)
         name, eq, value = arg.partition("=")
         if arg.startswith("--config."):
-            item = arg[len("--config."):]
-            if "=" not in item:
-                if not args:
-                    raise cfg_lib.ConfigError(f"{arg} needs a value")
-                item = f"{item}={args.pop(0)}"
-            overrides.append(item)
+            overrides.append(cfg_lib.override_item(arg, args))
             continue
         if name not in ("--config", "--topology", "--search", "--cells"):
             raise cfg_lib.ConfigError(f"unknown argument {arg!r}; {USAGE}")

@@ -646,12 +646,7 @@ def run_grid(argv) -> list:
         arg = rest.pop(0)
         if not arg.startswith("--config."):
             raise cfg_lib.ConfigError(f"unknown argument {arg!r}: {SWEEP_USAGE}")
-        item = arg[len("--config."):]
-        if "=" not in item:
-            if not rest:
-                raise cfg_lib.ConfigError(f"{arg} needs a value")
-            item = f"{item}={rest.pop(0)}"
-        overrides.append(item)
+        overrides.append(cfg_lib.override_item(arg, rest))
     if known.cells_per_program < 0:
         raise cfg_lib.ConfigError(f"--cells_per_program {known.cells_per_program}: must be >= 1 (0: no limit)")
     grid = parse_grid(known.grid)

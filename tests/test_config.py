@@ -231,3 +231,25 @@ def test_prompt_plus_completion_longer_than_the_model_is_refused(tmp_path):
     fits = ModelConfig(vocab_size=8, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8,
                        intermediate_size=8, max_position_embeddings=128)
     build.check_context_length(apply_overrides(Config(), lengths), fits)  # 64 + 64 = 128: fits exactly
+
+
+def test_every_command_line_reads_config_overrides_the_same_way():
+    """`--config.k=v` and `--config.k v` in train's, evaluate's, plan's and the sweep's parsers (one
+    helper, `config.override_item`); a trailing `--config.k` without a value is an error naming it."""
+    from grpo_jax import evaluate, plan
+
+    base = str(EXPERIMENTS / "base.py")
+    c, _ = cfg.parse_command_line(["--config", base, "--workdir", "w", "--config.grpo.beta", "0.5",
+                                   "--config.grpo.epsilon=0.1"])
+    assert (c.grpo.beta, c.grpo.epsilon) == (0.5, 0.1)
+    assert evaluate.parse_args(["--workdir", "w", "--config.grpo.beta", "0.5", "--config.grpo.epsilon=0.1"])[3] == \
+        ["grpo.beta=0.5", "grpo.epsilon=0.1"]
+    c, *_ = plan.parse_args(["--config", base, "--topology", "cpu", "--config.grpo.beta", "0.5"])
+    assert c.grpo.beta == 0.5
+    rest = ["7", "--x"]
+    assert cfg.override_item("--config.train.steps", rest) == "train.steps=7" and rest == ["--x"]
+    for parse in (lambda a: cfg.parse_command_line(["--config", base, "--workdir", "w", *a]),
+                  lambda a: evaluate.parse_args(["--workdir", "w", *a]),
+                  lambda a: plan.parse_args(["--config", base, "--topology", "cpu", *a])):
+        with pytest.raises(ConfigError, match=r"--config\.grpo\.beta needs a value"):
+            parse(["--config.grpo.beta"])
