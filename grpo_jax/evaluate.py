@@ -18,7 +18,7 @@ held-out set, other decoding), but the keys that decide what the checkpoint's we
 but the compute-only dtype / attention / remat, and train.seed for a random-init model) must match
 the workdir's config.json: a mismatch is refused, naming the keys, rather than restoring one run's
 weights into another's model. Greedy pass@1 ignores the sampling keys; pass@k / maj@k
-(`train.pass_k` = k > 0) sample as training does: `sampling.temperature`, `top_k`, `top_p`.
+(`train.pass_k` = k > 0) sample as training does: `sampling.temperature`, `top_k`, `top_p`, `min_p`.
 
 It prints which checkpoint (step and path) and which decoding it used, writes the results to
 `workdir/eval/step_N.json` (`eval/base.json` with --base_model; atomically, rewritten by a later
@@ -57,7 +57,7 @@ def _padded_batches(items, batch_size):
 
 def generate(model_config, params, tokenizer, prompts, *, key, batch_size, max_prompt_length,
              max_new_tokens, temperature, put, chat=False, system=None, top_k=0, top_p=1.0, eos_ids=None,
-             weight_layout="replicated", length_buckets=False):
+             weight_layout="replicated", length_buckets=False, min_p=0.0):
     """Completions (text) for a list of prompt strings, in fixed-size sharded batches.
 
     `eos_ids`: the ids that end a completion (an int or a tuple); None = `eos_token_ids(tokenizer)`.
@@ -74,7 +74,7 @@ def generate(model_config, params, tokenizer, prompts, *, key, batch_size, max_p
             ptok, pmask = buckets.trim_prompts(ptok, pmask)
         rollout = sampling.sample(model_config, params, put(ptok), put(pmask), jax.random.fold_in(key, i),
                                   max_new_tokens=max_new_tokens, eos_id=eos_ids,
-                                  temperature=temperature, top_k=top_k, top_p=top_p,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                   weight_layout=weight_layout)
         tokens, mask = to_host((rollout.tokens, rollout.mask))
         out += tok_lib.decode_completions(tokenizer, tokens, mask, eos_id=eos_ids)[:real]
@@ -101,7 +101,8 @@ def majority_correct(completions, gold, *, style, score) -> float:
 
 def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prompt_length,
              max_new_tokens, put, pass_k=0, temperature=1.0, top_k=0, top_p=1.0, chat=False, system=None,
-             eos_ids=None, weight_layout="replicated", length_buckets=False, per_problem=False) -> dict:
+             eos_ids=None, weight_layout="replicated", length_buckets=False, per_problem=False,
+             min_p=0.0) -> dict:
     """{"eval_accuracy": greedy pass@1, "eval_length": the greedy completions' mean length in tokens,
     "eval_format": their mean format score (`rewards.format_reward` in the task's answer style; absent
     for a style of a user's own), and with pass_k > 0: "eval_pass@k", "eval_maj@k"}.
@@ -109,8 +110,8 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
     `eos_ids`: the ids that end a completion (an int or a tuple); None = `eos_token_ids(tokenizer)`
     (pass `eos_token_ids(tokenizer, model_path)` to add the model's generation_config.json ids).
     `weight_layout`: the sampler's (config key sampling.weight_layout); `length_buckets`: `generate`'s.
-    The pass@k / maj@k samples are drawn as training draws them: `temperature`, `top_k`, `top_p`
-    (the config's sampling section); the greedy pass@1 ignores all three.
+    The pass@k / maj@k samples are drawn as training draws them: `temperature`, `top_k`, `top_p`,
+    `min_p` (the config's sampling section); the greedy pass@1 ignores all four.
     `per_problem`: also "eval_correct", f32[E] each held-out problem's greedy score in
     `task.eval_examples` order (the same on every process), for problem-by-problem comparisons.
     """
@@ -144,7 +145,7 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
     if pass_k > 0:
         repeated = [p for p in prompts for _ in range(pass_k)]  # problem-major
         samples = generate(model_config, params, tokenizer, repeated, key=jax.random.fold_in(key, 1),
-                           temperature=temperature, top_k=top_k, top_p=top_p, **common)
+                           temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, **common)
     keys = (["eval_accuracy", "eval_examples", "eval_length"] + (["eval_format"] if style_known else [])
             + ([f"eval_pass@{pass_k}", f"eval_maj@{pass_k}"] if pass_k > 0 else []))
     out = on_process_zero(score, keys)
@@ -168,7 +169,8 @@ def evaluate_run(s: build.Setup, params, eval_key, step: int, writer) -> dict:
         max_new_tokens=c.sampling.max_new_tokens, put=s.put, pass_k=c.train.pass_k,
         temperature=c.sampling.temperature, chat=c.task.chat_template, system=c.task.system_prompt or None,
         eos_ids=s.eos_ids, weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets,
-        top_k=c.sampling.top_k, top_p=c.sampling.top_p, per_problem=True)  # pass@k samples as training does
+        top_k=c.sampling.top_k, top_p=c.sampling.top_p, min_p=c.sampling.min_p,
+        per_problem=True)  # pass@k samples as training does
     correct = out.pop("eval_correct")
     writer.write_detail("eval_problems.jsonl", step, {"ids": list(range(len(correct))), "correct": correct})
     return out
@@ -294,7 +296,8 @@ def main(argv=None) -> int:
                        key=jax.random.key(c.train.seed + 1), batch_size=c.train.eval_batch_size,
                        max_prompt_length=c.sampling.max_prompt_length, max_new_tokens=c.sampling.max_new_tokens,
                        put=setup.put, pass_k=c.train.pass_k, temperature=c.sampling.temperature,
-                       top_k=c.sampling.top_k, top_p=c.sampling.top_p, chat=c.task.chat_template,
+                       top_k=c.sampling.top_k, top_p=c.sampling.top_p, min_p=c.sampling.min_p,
+                       chat=c.task.chat_template,
                        system=c.task.system_prompt, eos_ids=setup.eos_ids, weight_layout=c.sampling.weight_layout,
                        length_buckets=c.train.length_buckets, per_problem=True)
     correct = metrics.pop("eval_correct")
@@ -302,11 +305,14 @@ def main(argv=None) -> int:
     decoding = {"eval_accuracy": "greedy (temperature 0)", "pass_k": k, "temperature": c.sampling.temperature,
                 "top_k": c.sampling.top_k, "top_p": c.sampling.top_p, "max_new_tokens": c.sampling.max_new_tokens,
                 "max_prompt_length": c.sampling.max_prompt_length}
+    if c.sampling.min_p > 0:  # recorded when it truncates (records from before min_p existed: off)
+        decoding["min_p"] = c.sampling.min_p
     checkpoint = None if base_model else str(workdir / "checkpoints" / str(setup.step))
     model = ("base model (" + (c.model.path or f"random init, train.seed={c.train.seed}") + ")" if base_model
              else f"checkpoint step {setup.step} at {checkpoint}")
     sampled = (f"; eval_pass@{k} / eval_maj@{k} from {k} samples per problem at temperature {c.sampling.temperature}, "
-               f"top_k {c.sampling.top_k}, top_p {c.sampling.top_p}" if k > 0 else "")
+               f"top_k {c.sampling.top_k}, top_p {c.sampling.top_p}"
+               + (f", min_p {c.sampling.min_p}" if c.sampling.min_p > 0 else "") if k > 0 else "")
     out = workdir / EVAL_DIR / ("base.json" if base_model else f"step_{setup.step}.json")
     if jax.process_index() == 0:
         _write_json(out, {"step": None if base_model else setup.step, "checkpoint": checkpoint,

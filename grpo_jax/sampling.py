@@ -13,7 +13,9 @@ Sampling (one jitted program): for N left-padded prompts [N, P] and T = max_new_
               sum(prompt_mask) + t - 1, and draws token t from its logits:
                   y_t ~ softmax(filter(logits_t / temperature))
               filter = top-k (keep the k largest) then top-p (keep the smallest set of most likely
-              tokens whose mass reaches p; the most likely token is always kept), as in HF generate.
+              tokens whose mass reaches p; the most likely token is always kept) then min-p (keep
+              tokens with prob >= min_p x the most likely one's), as in HF generate; the kept set is
+              grpo_jax.truncation.keep_mask (ties at a cut kept together).
               temperature = 0 is greedy: y_t = argmax logits_t (no filter, no randomness).
               The key for step t is fold_in(key, t): the same key gives the same samples, and a
               step's randomness does not depend on how many steps ran before an early exit.
@@ -32,19 +34,30 @@ Sampling (one jitted program): for N left-padded prompts [N, P] and T = max_new_
     computed and Rollout.logps is all zeros; for callers that recompute the log-probs (training:
     grpo_jax.scoring), so rollout.generate passes it.
 
-Log-prob contract (why sampled and training log-probs agree exactly):
-    Rollout.logps[n, t] = grpo_jax.losses.token_logps(logits_t, y_t, temperature=temperature)
-                        = log softmax(logits_t / temperature)[y_t]      (temperature 0 read as 1)
-    i.e. the tempered but UNTRUNCATED distribution, the same function the trainer applies to the
-    same logits (grpo_jax.scoring.completion_logps). So at num_iterations = 1 the importance ratio
-    exp(logps - old_logps) is exactly 1 by construction, with no correction term.
-    Consequence: when top-k / top-p truncate, the tokens are drawn from the truncated renormalised
-    distribution, which is NOT the distribution whose log-probs we report and train on; the
-    behaviour policy differs from the reported one (truncation only removes low-probability tokens,
-    so the reported logps are slightly lower than the behaviour policy's). We accept this bias
-    rather than train on a policy the model cannot represent; use top_k=0, top_p=1 for exact
-    on-policy GRPO. Greedy rollouts (temperature 0) report log-probs of the temperature-1
-    distribution, as token_logps reads temperature 0 as 1.
+Log-prob contract (why sampled and training log-probs agree exactly), s_t = logits_t / temperature
+(temperature 0 read as 1: greedy rollouts report log-probs of the temperature-1 distribution):
+    truncated_logps = True (training's sampling.truncated_logps, the default there) and top-k / top-p /
+    min-p truncating:
+        Rollout.logps[n, t] = truncation.truncated_token_logps(logits_t, y_t, ...)
+                            = s_t[y_t] - logsumexp over K(s_t) u {y_t} of s_t,   K = truncation.keep_mask
+        the log-prob under the truncated, renormalised distribution y_t was actually drawn from (y_t
+        is always in K here). The trainer recomputes K from its own forward's logits
+        (grpo_jax.scoring.completion_scores(truncation=truncation.for_scoring(config))), so policy,
+        old log-probs and behaviour policy are one distribution: exact on-policy GRPO, ratio exactly
+        1 at num_iterations = 1. Float round-off between the KV-cache and the full forward can move
+        a token at the edge of K; the union with {y_t} keeps every log-prob finite regardless
+        (grpo_jax.truncation's docstring).
+    otherwise (the sampler's default, and no truncation):
+        Rollout.logps[n, t] = grpo_jax.losses.token_logps(logits_t, y_t, temperature=temperature)
+                            = log softmax(s_t)[y_t]
+        the tempered UNTRUNCATED distribution. With no truncation that is the distribution drawn
+        from, and the trainer's function on the same logits. With truncation but
+        sampling.truncated_logps = False (the behaviour before 2026-12), the tokens are drawn from
+        the truncated distribution but scored on the full one: the ratio at mu = 1 is still 1 (both
+        sides use the full distribution) but the behaviour policy is not the reported one (reported
+        logps are lower by log of the kept mass), a bias in the policy gradient.
+    The KL to the reference is always on the full tempered distribution (the reference is scored
+    without truncation).
 
 Sharding: when the prompts arrive sharded over a mesh (NamedSharding), every per-row array (the KV
 cache included) is constrained to a sharding of its batch dimension, and the params, whatever their
@@ -72,7 +85,8 @@ params, bf16 compute, 128 rows, 256 + 512 tokens): sampler peak per chip 2.05 Gi
 extrapolated from 2 and 4 layers, not compiled).
 
 Jit: `sample` is a thin Python wrapper over one jitted function whose static arguments are config,
-max_new_tokens, top_k, top_p, the prompt sharding, weight_layout, group_size and logps; temperature
+max_new_tokens, top_k, top_p, min_p, the prompt sharding, weight_layout, group_size, logps and
+truncated_logps; temperature
 and the EOS ids are traced, so changing them (same number of EOS ids) does not recompile.
 """
 from typing import NamedTuple
@@ -85,6 +99,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from grpo_jax import model as model_lib
 from grpo_jax import sharding as sharding_lib
+from grpo_jax import truncation
 from grpo_jax.losses import token_logps
 
 # Where the sampler keeps the weights on a mesh (config key sampling.weight_layout; module docstring):
@@ -95,36 +110,19 @@ WEIGHT_LAYOUTS = ("replicated", "tensor")
 class Rollout(NamedTuple):
     tokens: jax.Array  # i32[N, T] sampled completion tokens; eos_id[0] after a row's first EOS
     mask: jax.Array  # f32[N, T] 1 up to and including the first EOS, 0 after
-    logps: jax.Array  # f32[N, T] token_logps of each token (tempered, untruncated); 0 where mask = 0
+    # f32[N, T] log-prob of each token: tempered, untruncated (token_logps), or with truncated_logps the
+    # truncated, renormalised distribution it was drawn from; 0 where mask = 0
+    logps: jax.Array
 
 
-def _filter_top_k(scaled: jax.Array, k: int) -> jax.Array:
-    """Keep the k largest logits per row (ties with the k-th kept), others -> -inf. [N, V] -> [N, V]."""
-    kth = jax.lax.top_k(scaled, k)[0][:, -1:]  # [N, 1]
-    return jnp.where(scaled >= kth, scaled, -jnp.inf)
-
-
-def _filter_top_p(scaled: jax.Array, p: float) -> jax.Array:
-    """Nucleus: keep the most likely tokens while the mass before each one is < p. [N, V] -> [N, V]."""
-    sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]  # [N, V] descending
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs  # the first token has 0 < p: always kept
-    keep = mass_before < p
-    # Smallest kept logit = the cut; everything strictly below it goes.
-    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)  # [N, 1]
-    return jnp.where(scaled >= cutoff, scaled, -jnp.inf)
-
-
-def _choose(logits, key, temperature, *, top_k: int, top_p: float) -> jax.Array:
-    """Next token per row from logits f32[N, V]: greedy when temperature == 0, else filtered sampling."""
-    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-    if 0 < top_k < logits.shape[-1]:
-        scaled = _filter_top_k(scaled, top_k)
-    if top_p < 1.0:
-        scaled = _filter_top_p(scaled, top_p)
+def _choose(logits, key, temperature, *, trunc: truncation.Truncation) -> tuple[jax.Array, jax.Array]:
+    """Next token per row from logits f32[N, V]: greedy when temperature == 0, else sampled from the
+    truncated, renormalised tempered distribution. Returns (tokens i32[N], the filtered tempered
+    logits f32[N, V] drawn from: truncation.filter_logits, dropped tokens at -inf)."""
+    scaled = truncation.filter_logits(logits / jnp.where(temperature > 0, temperature, 1.0), trunc)
     sampled = jax.random.categorical(key, scaled, axis=-1)
-    greedy = jnp.argmax(logits, axis=-1)
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    greedy = jnp.argmax(logits, axis=-1)  # the most likely token: always in the kept set
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32), scaled
 
 
 _SEGMENT_TOKENS = 64
@@ -183,10 +181,13 @@ def _check_group_size(n: int, group_size: int) -> int:
 
 def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_ids, *,
             max_new_tokens: int, top_k: int, top_p: float, prompt_sharding, weight_layout: str = "replicated",
-            group_size: int = 1, logps: bool = True):
+            group_size: int = 1, logps: bool = True, min_p: float = 0.0, truncated_logps: bool = False):
     _check_prompts(prompt_tokens, prompt_mask)  # at trace time, for `sample` and `sample_traced` alike
     if weight_layout not in WEIGHT_LAYOUTS:
         raise ValueError(f"weight_layout={weight_layout!r}: expected one of {WEIGHT_LAYOUTS}")
+    trunc = truncation.Truncation(top_k=top_k, top_p=top_p, min_p=min_p)
+    # The reported log-probs: of the truncated distribution drawn from, or the full tempered one.
+    scored_trunc = trunc if truncated_logps and trunc.active else None
     n, p = prompt_tokens.shape
     b = _check_group_size(n, group_size)
     want_logps = logps  # `logps` below is the [N, T] buffer
@@ -258,13 +259,19 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
 
     def emit(t, logits, done, tokens, mask, logps):
         """Draw token t from logits [N, V] for rows not done; record it; update done."""
-        tok = _choose(logits, jax.random.fold_in(key, t), temperature, top_k=top_k, top_p=top_p)
+        tok, filtered = _choose(logits, jax.random.fold_in(key, t), temperature, trunc=trunc)
         alive = ~done
         tok = jnp.where(alive, tok, pad)
         tokens = tokens.at[:, t].set(tok)
         mask = mask.at[:, t].set(alive.astype(jnp.float32))
         if want_logps:  # else no vocabulary-wide log-sum-exp per step; the buffer stays 0
-            logp = jnp.where(alive, token_logps(logits, tok, temperature=temperature), 0.0)
+            if scored_trunc is None:  # the full tempered distribution
+                logp = token_logps(logits, tok, temperature=temperature)
+            else:  # = truncation.truncated_token_logps(logits, tok, ...), the trainer's function: tok is in
+                # the kept set (drawn from it, or the argmax), so the union with {tok} changes nothing;
+                # from the logits already filtered, not a second sort of the vocabulary.
+                logp = truncation.filtered_token_logps(filtered, tok)
+            logp = jnp.where(alive, logp, 0.0)
             logps = logps.at[:, t].set(logp)
         done = done | (alive & jnp.any(tok[:, None] == eos_ids[None, :], axis=-1))
         return tok, done, tokens, mask, logps
@@ -304,46 +311,59 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
 
 
 _sample_jit = jax.jit(_sample, static_argnames=("config", "max_new_tokens", "top_k", "top_p", "prompt_sharding",
-                                                "weight_layout", "group_size", "logps"))
+                                                "weight_layout", "group_size", "logps", "min_p", "truncated_logps"))
+
+
+def _check_truncation(top_k, top_p, min_p, temperature=0.0):
+    if top_k < 0 or not 0.0 < top_p <= 1.0 or not 0.0 <= min_p < 1.0 or temperature < 0:
+        raise ValueError(f"need top_k >= 0, 0 < top_p <= 1, 0 <= min_p < 1, temperature >= 0; got top_k={top_k}, "
+                         f"top_p={top_p}, min_p={min_p}, temperature={temperature}")
 
 
 def sample_traced(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                   key: jax.Array, *, max_new_tokens: int, eos_id, temperature=1.0, top_k: int = 0,
-                  top_p: float = 1.0, group_size: int = 1, logps: bool = True) -> Rollout:
+                  top_p: float = 1.0, group_size: int = 1, logps: bool = True, min_p: float = 0.0,
+                  truncated_logps: bool = False) -> Rollout:
     """The un-jitted sampler body, for callers that trace it inside a larger program (jit / vmap,
     e.g. `grpo_jax.sweep`). Same contract as `sample`, but `temperature` may be a traced scalar and
-    nothing is validated or placed: no prompt sharding (one device, or whatever the caller's jit does).
+    nothing else is validated or placed (top_k / top_p / min_p are checked: they are static):
+    no prompt sharding (one device, or whatever the caller's jit does).
     """
+    _check_truncation(top_k, top_p, min_p)
     eos_ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
     return _sample(config, params, prompt_tokens, prompt_mask, key, jnp.asarray(temperature, jnp.float32),
                    jnp.asarray(eos_ids, jnp.int32), max_new_tokens=int(max_new_tokens), top_k=int(top_k),
-                   top_p=float(top_p), prompt_sharding=None, group_size=group_size, logps=bool(logps))
+                   top_p=float(top_p), prompt_sharding=None, group_size=group_size, logps=bool(logps),
+                   min_p=float(min_p), truncated_logps=bool(truncated_logps))
 
 
 def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
            key: jax.Array, *, max_new_tokens: int, eos_id, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, weight_layout: str = "replicated", group_size: int = 1,
-           logps: bool = True) -> Rollout:
+           logps: bool = True, min_p: float = 0.0, truncated_logps: bool = False) -> Rollout:
     """Sample T = max_new_tokens tokens for each left-padded prompt (see the module docstring).
 
     prompt_tokens i32[N, P], prompt_mask [N, P] (1 = real token); eos_id: an int or a tuple of ints
     (ids outside the vocabulary never match: eos_id=-1 disables stopping). temperature 0 = greedy;
-    top_k 0 = off; top_p 1.0 = off. weight_layout: where the params live while decoding on a mesh,
-    one of WEIGHT_LAYOUTS (module docstring); no effect on one device.
+    top_k 0 = off; top_p 1.0 = off; min_p 0 = off (keep tokens with prob >= min_p x the most likely
+    one's): grpo_jax.truncation, applied in that order. weight_layout: where the params live while
+    decoding on a mesh, one of WEIGHT_LAYOUTS (module docstring); no effect on one device.
     group_size G: the rows are B = N / G prompts each repeated G times, group-major (row n is prompt
     n // G, as in GRPO); the prompt is then prefilled once per group (module docstring). Same tokens
     and log-probs as G = 1; N % G != 0 is a ValueError. Static: each value compiles once.
     logps: False skips the per-step log-softmax over the vocabulary; Rollout.logps is then all zeros
     (for callers that recompute log-probs, like training). Static.
+    truncated_logps: with top_k / top_p / min_p truncating, Rollout.logps are the log-probs of the
+    truncated, renormalised distribution each token was drawn from (truncation.truncated_token_logps,
+    what the trainer scores with sampling.truncated_logps); False: of the full tempered distribution
+    (losses.token_logps). Static.
     """
     eos_ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
     if not eos_ids:
         raise ValueError("eos_id must be an int or a non-empty tuple of ints")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    if top_k < 0 or not 0.0 < top_p <= 1.0 or temperature < 0:
-        raise ValueError(f"need top_k >= 0, 0 < top_p <= 1, temperature >= 0; got top_k={top_k}, "
-                         f"top_p={top_p}, temperature={temperature}")
+    _check_truncation(top_k, top_p, min_p, temperature)
     if weight_layout not in WEIGHT_LAYOUTS:
         raise ValueError(f"weight_layout={weight_layout!r}: expected one of {WEIGHT_LAYOUTS}")
     sharding = getattr(prompt_tokens, "sharding", None)
@@ -352,4 +372,5 @@ def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prom
     return _sample_jit(config, params, prompt_tokens, prompt_mask, key, jnp.float32(temperature),
                        jnp.asarray(eos_ids, jnp.int32), max_new_tokens=int(max_new_tokens),
                        top_k=int(top_k), top_p=float(top_p), prompt_sharding=sharding,
-                       weight_layout=weight_layout, group_size=group_size, logps=bool(logps))  # N % G: at trace
+                       weight_layout=weight_layout, group_size=group_size, logps=bool(logps),  # N % G: at trace
+                       min_p=float(min_p), truncated_logps=bool(truncated_logps))

@@ -6,12 +6,23 @@ completion) with mask concat(prompt_mask, ones):
 
     logits_t = LM head(hidden state at index P + t - 1)        (index i predicts token i + 1)
     logp_t   = log softmax(logits_t / temperature)[completion_t]     (losses.token_logps)
+or, with `truncation` (truncation.for_scoring(config): sampling.top_k / top_p / min_p truncating and
+sampling.truncated_logps), the log-prob under the truncated, renormalised distribution the sampler drew
+from, its kept set K recomputed from these logits (truncation.truncated_token_logps):
+    logp_t   = s_t[completion_t] - logsumexp over K(s_t) u {completion_t} of s_t,  s_t = logits_t / temperature
+The trainer passes it for the policy and old log-probs (the ratio), not the reference's: the KL stays
+on the full tempered distribution, and its policy side is the "full_logps" stat (`full_logps=True`:
+the same chunk's log-softmax over all V, with gradient), not the truncated logps: k3 of truncated
+policy vs full reference log-probs would be log(kept mass) != 0 even at pi = pi_ref. The entropy
+and argmax stats are always of the full tempered distribution.
+Cost, per chunk: top-k is lax.top_k and a few V-wide reductions; top-p without top-k sorts the
+chunk's [N, Tc, V] logits (a second buffer of that size; with top-k on only the k largest are sorted).
 
 The same positions as the sampler's KV-cache path (positions = cumsum(mask) - 1), and the same
-tempered, untruncated distribution as the log-probs the sampler reports, so at mu = 1 the
-importance ratio is exactly 1 by construction. Completion positions after a row's first EOS are
-attended to but never scored (the loss masks them), so all-ones keeps positions contiguous. The
-hidden states are sliced to the T scored positions before the V-wide LM head matmul.
+distribution as the log-probs the sampler draws from and reports (sampling's log-prob contract), so
+at mu = 1 the importance ratio is exactly 1 by construction. Completion positions after a row's
+first EOS are attended to but never scored (the loss masks them), so all-ones keeps positions
+contiguous. The hidden states are sliced to the T scored positions before the V-wide LM head matmul.
 
 No [N, T, V]: the final norm + LM head + tempered log-softmax run over chunks of token rows
 (`lax.scan` over blocks of the T positions, every chunk holding all N rows, so a chunk stays spread
@@ -39,6 +50,7 @@ import jax.numpy as jnp
 
 from grpo_jax import model as model_lib
 from grpo_jax.losses import token_logps
+from grpo_jax.truncation import Truncation, truncated_token_logps
 
 # Default chunk: as many token rows as keep one chunk's f32 logits at 2**25 elements (128 MiB):
 # 65,536 rows (one chunk, no recompute) at V = 512, 1,024 rows at V = 32,768, 220 at Qwen's 151,936.
@@ -94,12 +106,18 @@ def completion_logits(config, params, prompt_tokens: jax.Array,
     return model_lib.lm_head(config, params, hidden)  # [N, T, V]
 
 
-def _stats(logits, tokens, temperature, entropy: bool, argmax: bool):
-    """One chunk: logits f32[..., V] -> (logps f32[...], {"entropy": f32[...], "argmax": i32[...]})."""
-    logps = token_logps(logits, tokens, temperature=temperature)
+def _stats(logits, tokens, temperature, entropy: bool, argmax: bool, truncation: Truncation | None = None,
+           full_logps: bool = False):
+    """One chunk: logits f32[..., V] -> (logps f32[...], {"entropy": f32[...], "argmax": i32[...],
+    "full_logps": f32[...]}). logps: of the truncated distribution when `truncation` is active, else
+    losses.token_logps's."""
+    truncated = truncation is not None and truncation.active
+    logps = truncated_token_logps(logits, tokens, temperature=temperature, trunc=truncation)
     stats = {}
-    if entropy:  # of the tempered distribution; a metric: no gradient
-        logp = jax.nn.log_softmax(jax.lax.stop_gradient(logits)
+    if full_logps:  # the full tempered distribution's, with gradient (the KL's policy side)
+        stats["full_logps"] = token_logps(logits, tokens, temperature=temperature) if truncated else logps
+    if entropy:  # of the tempered distribution; a metric (no gradient) unless entropy == "grad" (a bonus)
+        logp = jax.nn.log_softmax((logits if entropy == "grad" else jax.lax.stop_gradient(logits))
                                   / jnp.where(temperature > 0, temperature, 1.0))
         stats["entropy"] = -(jnp.exp(logp) * logp).sum(-1)
     if argmax:  # greedy token (SFT's token accuracy)
@@ -109,10 +127,11 @@ def _stats(logits, tokens, temperature, entropy: bool, argmax: bool):
 
 def chunked_head_logps(config: model_lib.ModelConfig, params, hidden: jax.Array, tokens: jax.Array, *,
                        temperature=1.0, chunk_size: int | None = None, entropy: bool = False,
-                       argmax: bool = False):
+                       argmax: bool = False, truncation: Truncation | None = None, full_logps: bool = False):
     """Final norm + LM head + tempered log-softmax of hidden [N, T, D] at tokens i32[N, T], in chunks
     of about `chunk_size` token rows (default LOGITS_BUDGET // V; at least N: a chunk is all N rows
-    times a block of T positions). Returns (logps f32[N, T], stats) as `completion_scores`."""
+    times a block of T positions). Returns (logps f32[N, T], stats) as `completion_scores`
+    (`truncation`, `full_logps` too)."""
     n, t = tokens.shape
     v = config.vocab_size
     chunk_size = max(1, LOGITS_BUDGET // v) if chunk_size is None else int(chunk_size)
@@ -123,7 +142,7 @@ def chunked_head_logps(config: model_lib.ModelConfig, params, hidden: jax.Array,
     head = {k: params[k] for k in ("norm", "embed_tokens", "lm_head") if k in params}
 
     def chunk_fn(h, tok):  # [N, Tc, D], [N, Tc] -> logps [N, Tc], stats
-        return _stats(model_lib.lm_head(config, head, h), tok, temperature, entropy, argmax)
+        return _stats(model_lib.lm_head(config, head, h), tok, temperature, entropy, argmax, truncation, full_logps)
 
     if num_chunks == 1:  # all in one chunk: no scan, nothing recomputed
         return chunk_fn(hidden, tokens)
@@ -144,27 +163,36 @@ def chunked_head_logps(config: model_lib.ModelConfig, params, hidden: jax.Array,
 
 def completion_scores(config, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                       completion_tokens: jax.Array, *, temperature=1.0, chunk_size: int | None = None,
-                      entropy: bool = False, argmax: bool = False, group_size: int = 1):
+                      entropy: bool = False, argmax: bool = False, group_size: int = 1,
+                      truncation: Truncation | None = None, full_logps: bool = False):
     """(logps f32[N, T], stats) of completion_tokens i32[N, T] given left-padded prompts, without
     the [N, T, V] logits (module docstring). `stats` holds, when asked, "entropy" f32[N, T] (of the
-    tempered distribution) and "argmax" i32[N, T] (the greedy token); both carry no gradient.
+    tempered distribution) and "argmax" i32[N, T] (the greedy token); both carry no gradient, except
+    the entropy with `entropy="grad"` (grpo.entropy_coef's bonus differentiates it).
     `chunk_size`: token rows per LM-head chunk (default LOGITS_BUDGET // V).
     `group_size` G > 1: the rows are N / G groups of G consecutive rows sharing one prompt (GRPO's
     group-major layout; only each group's first prompt row is read, the others are assumed equal to
     it and not checked), and each prompt is encoded once for its G completions
     (`model.grouped_hidden_states`): the same numbers to round-off, less work. Ignored for protocol
-    (NNX graphdef) models, which are scored from their full forward."""
+    (NNX graphdef) models, which are scored from their full forward.
+    `truncation` (static; truncation.for_scoring(config)): when given and active, logps are those of
+    the truncated, renormalised distribution the sampler drew from (module docstring); the stats stay
+    of the full tempered distribution. None: the full tempered distribution (the reference's).
+    `full_logps` (static): also stats["full_logps"] f32[N, T], the full tempered distribution's
+    log-probs WITH gradient (= logps without truncation): the policy side of the KL to the reference."""
     if model_lib.is_module_model(config):  # no hidden / LM-head split: from the full logits
         logits = completion_logits(config, params, prompt_tokens, prompt_mask, completion_tokens)
-        return _stats(logits, completion_tokens, temperature, entropy, argmax)
+        return _stats(logits, completion_tokens, temperature, entropy, argmax, truncation, full_logps)
     hidden = _scored_hidden(config, params, prompt_tokens, prompt_mask, completion_tokens, group_size)
     return chunked_head_logps(config, params, hidden, completion_tokens, temperature=temperature,
-                              chunk_size=chunk_size, entropy=entropy, argmax=argmax)
+                              chunk_size=chunk_size, entropy=entropy, argmax=argmax, truncation=truncation,
+                              full_logps=full_logps)
 
 
 def completion_logps(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                     completion_tokens: jax.Array, *, temperature=1.0, chunk_size: int | None = None) -> jax.Array:
+                     completion_tokens: jax.Array, *, temperature=1.0, chunk_size: int | None = None,
+                     truncation: Truncation | None = None) -> jax.Array:
     """Training-side log-probs of completion_tokens i32[N, T] given left-padded prompts -> f32[N, T]
-    (chunked LM head: no [N, T, V]; `completion_scores`)."""
+    (chunked LM head: no [N, T, V]; `completion_scores`, `truncation` too)."""
     return completion_scores(config, params, prompt_tokens, prompt_mask, completion_tokens,
-                             temperature=temperature, chunk_size=chunk_size)[0]
+                             temperature=temperature, chunk_size=chunk_size, truncation=truncation)[0]
