@@ -75,6 +75,29 @@ def abstract_reference(model_config: model_lib.ModelConfig, abstract_params):
         x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding), abstract_params)
 
 
+def _blend(ref_params, policy_params, alpha):
+    def leaf(ref, policy):
+        if not jnp.issubdtype(ref.dtype, jnp.floating):
+            return ref
+        mixed = alpha * policy.astype(jnp.float32) + (1.0 - alpha) * ref.astype(jnp.float32)
+        return mixed.astype(ref.dtype)
+    return jax.tree.map(leaf, ref_params, policy_params)
+
+
+# Elementwise over leaves of identical shardings: the outputs keep the reference's shardings, which
+# lets XLA write them into the donated reference's buffers (no second copy of the model at any time).
+_blend_jit = jax.jit(_blend, donate_argnums=0)
+
+
+def sync_reference(ref_params, policy_params, alpha):
+    """TR-DPO reference refresh (Gorbatovski et al. 2024, "Learn Your Reference Model for Real Good
+    Alignment"; TRL's SyncRefModelCallback): ref <- alpha * policy + (1 - alpha) * ref, leaf by leaf in
+    f32, cast back to each reference leaf's dtype (the compute dtype, `reference_params`). alpha = 1
+    copies the policy. `ref_params` is donated (invalid afterwards); the result keeps its shardings.
+    `alpha` is traced (a float or f32[]): changing it does not recompile."""
+    return _blend_jit(ref_params, policy_params, jnp.float32(alpha))
+
+
 def checkpoint_tree(c: cfg_lib.Config, state, ref_params) -> dict:
     """What a checkpoint holds: the train state (with LoRA: the adapters and their optimizer state
     only), and the frozen reference when the KL term needs a copy of it (not with LoRA: the reference

@@ -111,7 +111,8 @@ def sample_rows(s: Setup, params, ptok: np.ndarray, pmask: np.ndarray, key) -> t
                                   key if chunks == 1 else jax.random.fold_in(key, i),
                                   max_new_tokens=c.sampling.max_new_tokens, eos_id=s.eos_ids,
                                   temperature=c.sampling.temperature, top_k=c.sampling.top_k,
-                                  top_p=c.sampling.top_p, weight_layout=c.sampling.weight_layout,
+                                  top_p=c.sampling.top_p, min_p=c.sampling.min_p,
+                                  weight_layout=c.sampling.weight_layout,
                                   group_size=c.grpo.group_size, logps=False)  # one prefill per prompt
         return rollout.tokens, rollout.mask  # training rescores: no sampler log-probs
 
@@ -226,19 +227,29 @@ def collect(s: Setup, params, step: int, train_key) -> tuple[Generation, np.ndar
 def update_inputs(c, gen: Generation, valid: np.ndarray, eos_ids) -> tuple:
     """(advantages f32[N], loss mask f32[N, T], ended bool[N]) for the update.
 
-    Advantages are group-relative over the valid rows (`valid` from `collect`); a row ended iff it
-    emitted one of `eos_ids`, else it hit max_new_tokens (truncated). The loss mask is the sampler's
-    completion mask on valid rows, and with `grpo.mask_truncated_completions` (DAPO overlong
-    filtering) 0 on truncated rows too: their reward still counts in their group's advantages.
+    Advantages are group-relative over the valid rows (`valid` from `collect`): `advantages.compute`
+    with grpo.advantage_estimator (reinforce_pp whitens over the loss mask's tokens), or with
+    grpo.multi_objective_aggregation=normalize_then_sum `advantages.gdpo` over the unweighted
+    per-reward components (`gen.components`) and their rewards.weights. A row ended iff it emitted one
+    of `eos_ids`, else it hit max_new_tokens (truncated). The loss mask is the sampler's completion
+    mask on valid rows, and with `grpo.mask_truncated_completions` (DAPO overlong filtering) 0 on
+    truncated rows too: their reward still counts in their group's advantages.
     """
     g = c.grpo
-    advantages = adv_lib.group_advantages(jnp.asarray(gen.rewards), g.group_size, scale=g.scale_rewards,
-                                          eps=g.advantage_eps,
-                                          mask=jnp.asarray(valid) if g.dynamic_sampling else None)
     ended = (np.isin(gen.tokens, np.asarray(eos_ids)) & (gen.mask > 0)).any(axis=1)  # [N]
     loss_mask = gen.mask * valid[:, None]
     if g.mask_truncated_completions:
         loss_mask = loss_mask * ended[:, None]
+    mask = jnp.asarray(valid) if g.dynamic_sampling else None
+    if g.multi_objective_aggregation == "normalize_then_sum":
+        weights = {k: w for k, w in c.rewards.weights.items() if w > 0}  # the components `score` keeps
+        columns = np.stack([gen.components[rewards_lib.metric_name(k)] for k in weights], axis=1)  # [N, R]
+        advantages = adv_lib.gdpo(jnp.asarray(columns), jnp.asarray(list(weights.values()), jnp.float32),
+                                  g.group_size, eps=g.advantage_eps, mask=mask)
+    else:
+        advantages = adv_lib.compute(jnp.asarray(gen.rewards), g.group_size, estimator=g.advantage_estimator,
+                                     scale=g.scale_rewards, eps=g.advantage_eps, mask=mask,
+                                     lengths=jnp.asarray(loss_mask.sum(axis=1), jnp.float32))
     return np.asarray(advantages), loss_mask.astype(np.float32), ended
 
 
