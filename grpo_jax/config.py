@@ -25,8 +25,9 @@ from typing import Any, Sequence
 
 from grpo_jax import ConfigError  # noqa: F401  (raised here; re-exported as config.ConfigError)
 # Each set of allowed values lives once, in the module that implements it.
+from grpo_jax.advantages import ADVANTAGE_ESTIMATORS, REWARD_AGGREGATIONS
 from grpo_jax.advantages import SCALES as SCALE_REWARDS
-from grpo_jax.losses import IMPORTANCE_LEVELS, LOSS_TYPES
+from grpo_jax.losses import CLIPPED_LOSS_TYPES, IMPORTANCE_LEVELS, KL_ESTIMATORS, LOSS_TYPES
 from grpo_jax.metrics import LOGGERS, loggers_problem, parse_loggers
 from grpo_jax.model import ATTENTION_BACKENDS, ATTENTION_CHOICES, DTYPES, LORA_TARGETS, REMAT_POLICIES
 from grpo_jax.rewards import BUILTIN_REWARDS
@@ -149,11 +150,56 @@ class GRPOSection:
     epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
     epsilon_high: float | None = None  # upper clip; None = epsilon (DAPO clip-higher sets it)
     beta: float = 0.04  # k3 KL coefficient; 0 skips the reference model
+    # The objective and its aggregation (grpo_jax.losses: each type's formula and paper): grpo | bnpo |
+    # dr_grpo | dapo (token sum over the generation batch's tokens / K) | cispo (MiniMax-M1: clipped,
+    # stop-gradient IS weight x log-prob) | sapo (soft sigmoid gate) | luspo (length-unbiased GSPO) |
+    # vespo (Gamma weight of the sequence ratio).
     loss_type: str = "grpo"
     scale_rewards: str = "group"
     importance_level: str = "token"  # "sequence" = GSPO
     num_iterations: int = 1  # mu: updates per sampled batch
     advantage_eps: float = 1e-4
+    # INTELLECT-2 two-sided clip: the unclipped ratio is capped at delta too (bounds the update of
+    # negative-advantage tokens whose ratio explodes); None = off. Must exceed 1 + epsilon_high.
+    delta: float | None = None
+    cispo_max_weight: float = 5.0  # cispo: the IS weight is min(ratio, this) (ScaleRL's eps_max; TRL's epsilon_high)
+    sapo_temperature_pos: float = 1.0  # sapo: gate temperature for A > 0
+    sapo_temperature_neg: float = 1.05  # sapo: gate temperature for A <= 0
+    vespo_k_pos: float = 2.0  # vespo: Gamma weight phi(w) = e^lam * w^k * e^(-lam * w), for A >= 0 ...
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0  # ... and for A < 0
+    vespo_lambda_neg: float = 2.0
+    # KL(pi || pi_ref) per token: k3 (Schulman; the default, >= 0, unbiased), k1 (log ratio), k2 (half
+    # its square); grpo_jax.losses.kl_estimate.
+    kl_estimator: str = "k3"
+    # Put the KL in the reward instead of the loss (verl use_kl_in_reward): each row's reward becomes
+    # r - beta * sum_t kl_t (sampling policy vs reference, grpo.kl_estimator), advantages are taken
+    # from that inside the update step, and the loss carries no KL term. Needs grpo.beta > 0.
+    kl_in_reward: bool = False
+    # Entropy bonus: loss -= entropy_coef * mean token entropy (over the tokens the policy term uses).
+    entropy_coef: float = 0.0
+    # Skywork-OR1 adaptive entropy: entropy_coef is the start value; after each optimizer update it
+    # moves by entropy_coef_delta up (entropy <= entropy_target) or down, within [min, max], and is
+    # applied only while the last update's entropy was <= entropy_target (as TRL 1.16).
+    adaptive_entropy: bool = False
+    entropy_target: float = 0.2
+    entropy_coef_delta: float = 0.005
+    entropy_coef_min: float = 0.0
+    entropy_coef_max: float = 1.0
+    # "Beyond the 80/20 rule" (Wang et al. 2025): only the top quantile of completion tokens by
+    # entropy carry the policy loss (0.2 in the paper); 1.0 = every token.
+    top_entropy_quantile: float = 1.0
+    # Baseline of the advantage (grpo_jax.advantages): grpo (group mean, scaled by grpo.scale_rewards) |
+    # rloo (leave-one-out mean of the other G-1 rewards, scaled likewise) | reinforce_pp (REINFORCE++
+    # baseline: group mean subtracted, then whitened over the batch's tokens; grpo.scale_rewards unused).
+    advantage_estimator: str = "grpo"
+    # Several rewards: sum_then_normalize (weighted sum, then the advantage) | normalize_then_sum (GDPO:
+    # each reward normalised within its group, weighted sum, then normalised over the batch).
+    multi_objective_aggregation: str = "sum_then_normalize"
+    # TR-DPO reference refresh (TRL sync_ref_model): every ref_sync_every GRPO steps the reference
+    # becomes ref_sync_alpha * policy + (1 - ref_sync_alpha) * reference. 0 = a frozen reference.
+    ref_sync_every: int = 0
+    ref_sync_alpha: float = 0.6
     # DAPO: a completion that hit sampling.max_new_tokens without an EOS is left out of the loss
     # (its reward still counts in its group's advantages), as TRL's mask_truncated_completions.
     mask_truncated_completions: bool = False
@@ -177,6 +223,12 @@ class SamplingSection:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # min-p: keep the tokens whose probability is >= min_p x the most likely token's; 0 = off.
+    min_p: float = 0.0
+    # With top_k / top_p / min_p truncating, the trainer scores each sampled token under the same
+    # truncated, renormalised distribution it was drawn from (exact on-policy ratios); the KL to the
+    # reference stays on the full distribution. False: score on the full distribution (before 2026-12).
+    truncated_logps: bool = True
     max_prompt_length: int = 64
     max_new_tokens: int = 64
     # Where the sampler keeps the weights on a mesh (grpo_jax.sampling): replicated (one full copy per
@@ -562,6 +614,46 @@ def validate(config: Config, *, num_devices: int | None = None, platform: str | 
            f"one of {IMPORTANCE_LEVELS}")
     _check(g.num_iterations >= 1, "grpo.num_iterations", g.num_iterations, ">= 1")
     _check(g.advantage_eps > 0, "grpo.advantage_eps", g.advantage_eps, "> 0")
+    eps_high = g.epsilon if g.epsilon_high is None else g.epsilon_high
+    _check(g.delta is None or g.delta > 1 + eps_high, "grpo.delta", g.delta,
+           f"None or > 1 + grpo.epsilon_high = {1 + eps_high} (INTELLECT-2's cap on the unclipped ratio; at "
+           f"or below the clip's upper end it would clip every ratio above it, both signs)")
+    _check(g.delta is None or g.loss_type in CLIPPED_LOSS_TYPES, "grpo.delta", g.delta,
+           f"None with grpo.loss_type={g.loss_type!r}: delta caps the clipped surrogate of {CLIPPED_LOSS_TYPES}")
+    _check(g.cispo_max_weight > 0, "grpo.cispo_max_weight", g.cispo_max_weight, "> 0")
+    for key in ("sapo_temperature_pos", "sapo_temperature_neg", "vespo_lambda_pos", "vespo_lambda_neg"):
+        _check(getattr(g, key) > 0, f"grpo.{key}", getattr(g, key), "> 0")
+    for key in ("vespo_k_pos", "vespo_k_neg"):
+        _check(getattr(g, key) >= 0, f"grpo.{key}", getattr(g, key), ">= 0")
+    _check(g.kl_estimator in KL_ESTIMATORS, "grpo.kl_estimator", g.kl_estimator, f"one of {KL_ESTIMATORS}")
+    _check(not g.kl_in_reward or g.beta > 0, "grpo.kl_in_reward", g.kl_in_reward,
+           "false with grpo.beta = 0 (the KL penalty in the reward would be 0 x KL: nothing)")
+    _check(not g.kl_in_reward or g.multi_objective_aggregation == "sum_then_normalize", "grpo.kl_in_reward",
+           g.kl_in_reward, "false with grpo.multi_objective_aggregation=normalize_then_sum (the per-reward "
+           "components are normalised on the host; the KL penalty is applied in the update step)")
+    _check(g.entropy_coef >= 0, "grpo.entropy_coef", g.entropy_coef, ">= 0")
+    _check(0 <= g.entropy_coef_min <= g.entropy_coef_max, "grpo.entropy_coef_min", g.entropy_coef_min,
+           f"in [0, grpo.entropy_coef_max = {g.entropy_coef_max}]")
+    _check(not g.adaptive_entropy or g.entropy_coef_delta > 0, "grpo.entropy_coef_delta", g.entropy_coef_delta,
+           "> 0 with grpo.adaptive_entropy (the coefficient would never move)")
+    _check(g.entropy_target >= 0, "grpo.entropy_target", g.entropy_target, ">= 0")
+    _check(0 <= g.top_entropy_quantile <= 1, "grpo.top_entropy_quantile", g.top_entropy_quantile,
+           "in [0, 1] (1 = every token; 0.2 = the paper's top 20 %)")
+    _check(g.advantage_estimator in ADVANTAGE_ESTIMATORS, "grpo.advantage_estimator", g.advantage_estimator,
+           f"one of {ADVANTAGE_ESTIMATORS}")
+    _check(g.multi_objective_aggregation in REWARD_AGGREGATIONS, "grpo.multi_objective_aggregation",
+           g.multi_objective_aggregation, f"one of {REWARD_AGGREGATIONS}")
+    _check(g.multi_objective_aggregation == "sum_then_normalize" or g.advantage_estimator == "grpo",
+           "grpo.advantage_estimator", g.advantage_estimator,
+           "grpo with grpo.multi_objective_aggregation=normalize_then_sum (GDPO makes the advantages itself: "
+           "per-reward group normalisation, then a batch normalisation; another estimator would be ignored)")
+    _check(g.ref_sync_every >= 0, "grpo.ref_sync_every", g.ref_sync_every, ">= 0 (0 = off)")
+    _check(0 < g.ref_sync_alpha <= 1, "grpo.ref_sync_alpha", g.ref_sync_alpha, "in (0, 1]")
+    _check(g.ref_sync_every == 0 or g.beta > 0, "grpo.ref_sync_every", g.ref_sync_every,
+           "0 with grpo.beta = 0 (there is no reference to refresh)")
+    _check(g.ref_sync_every == 0 or m.lora_rank == 0, "grpo.ref_sync_every", g.ref_sync_every,
+           "0 with model.lora_rank > 0 (the reference is the base model with the adapters off: there is "
+           "no separate copy to refresh)")
     _check(g.dynamic_sampling_factor >= 1, "grpo.dynamic_sampling_factor", g.dynamic_sampling_factor, ">= 1")
     _check(g.dynamic_sampling_max_rounds >= 1, "grpo.dynamic_sampling_max_rounds",
            g.dynamic_sampling_max_rounds, ">= 1")
@@ -574,6 +666,7 @@ def validate(config: Config, *, num_devices: int | None = None, platform: str | 
            "and nothing is learnt (evaluation is greedy whatever this is)")
     _check(s.top_k >= 0, "sampling.top_k", s.top_k, ">= 0 (0 = off)")
     _check(0 < s.top_p <= 1, "sampling.top_p", s.top_p, "in (0, 1]")
+    _check(0 <= s.min_p < 1, "sampling.min_p", s.min_p, "in [0, 1) (0 = off)")
     _check(s.max_new_tokens >= 1, "sampling.max_new_tokens", s.max_new_tokens, ">= 1")
     _check(s.max_prompt_length >= 1, "sampling.max_prompt_length", s.max_prompt_length, ">= 1")
     _check(s.weight_layout in WEIGHT_LAYOUTS, "sampling.weight_layout", s.weight_layout,
@@ -660,7 +753,9 @@ CHOICES = {
     "task.answer_format": ANSWER_FORMATS,
     "rewards.weights": BUILTIN_REWARDS + ("package.module:function",),
     "grpo.loss_type": LOSS_TYPES, "grpo.scale_rewards": SCALE_REWARDS,
-    "grpo.importance_level": IMPORTANCE_LEVELS, "optim.schedule": SCHEDULES,
+    "grpo.importance_level": IMPORTANCE_LEVELS, "grpo.kl_estimator": KL_ESTIMATORS,
+    "grpo.advantage_estimator": ADVANTAGE_ESTIMATORS, "grpo.multi_objective_aggregation": REWARD_AGGREGATIONS,
+    "optim.schedule": SCHEDULES,
     "sampling.weight_layout": WEIGHT_LAYOUTS, "train.loggers": LOGGERS,
 }
 

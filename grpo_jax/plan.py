@@ -430,13 +430,9 @@ def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) ->
     opt_state = _with_shardings(jax.eval_shape(optimizer.init, trained), state_sh.opt_state)
     state = ts.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trained, opt_state)
     second_sh = jax.tree.map(lambda x: x.sharding, second) if second is not None else None
-    pure_step = ts.build_train_step(mc, optimizer, loss_type=g.loss_type, importance_level=g.importance_level,
-                                    num_iterations=g.num_iterations, num_minibatches=c.train.num_minibatches,
-                                    steps_per_generation=c.train.steps_per_generation,
-                                    use_reference=use_reference, max_completion_length=c.sampling.max_new_tokens,
-                                    lora=lora, shared_prefix=c.train.shared_prefix, group_size=g.group_size)
+    pure_step = ts.build_train_step(mc, optimizer, use_reference=use_reference, lora=lora, **ts.step_options(c))
     step_fn = ts.jit_train_step(pure_step, mesh, state_sh, second_sh)
-    hp = ts.HParams(*([jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)] * 4))
+    hp = ts.HParams(*([jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)] * len(ts.HParams._fields)))
     P, T = c.sampling.max_prompt_length, c.sampling.max_new_tokens
     lead = ()  # the cell axis of a sweep program
     if cells > 1:
@@ -456,7 +452,7 @@ def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) ->
             second_axis=None if second is None or shared else 0,
             state_sh=jax.tree.map(lambda x: x.sharding, state), second_sh=second_sh)
         cell_scalar = jax.ShapeDtypeStruct((cells,), jnp.float32, sharding=replicated)
-        hp = ts.HParams(*([cell_scalar] * 4))
+        hp = ts.HParams(*([cell_scalar] * len(ts.HParams._fields)))
         lead = (cells,)
 
     def rows(b):
@@ -491,6 +487,7 @@ def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) ->
                            key_sds, jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
                            jax.ShapeDtypeStruct((len(eos_ids),), jnp.int32, sharding=replicated),
                            max_new_tokens=T, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
+                           min_p=c.sampling.min_p,
                            prompt_sharding=prompt_sh, weight_layout=c.sampling.weight_layout,
                            group_size=g.group_size, logps=False)  # as rollout.generate calls it
 

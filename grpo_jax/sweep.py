@@ -60,6 +60,15 @@ SWEEP_USAGE = ("usage: python -m grpo_jax.sweep --config experiments/NAME.py --g
                "[--one_program] [--fit auto|on|off] [--memory_gib G]")
 
 
+def runs_as_trainer(config) -> bool:
+    """Cells the vmapped program does not carry run as the trainer itself, one child process each:
+    DAPO dynamic sampling (a host loop of sampling rounds), and the switches that add state or inputs
+    to the step (grpo.adaptive_entropy's controller, grpo.kl_in_reward's rewards, grpo.ref_sync_every's
+    reference refresh)."""
+    g = config.grpo
+    return g.dynamic_sampling or g.adaptive_entropy or g.kl_in_reward or g.ref_sync_every > 0
+
+
 class Preempted(Exception):
     """SIGTERM stopped a program at a step boundary, every cell saved at `step` (preemption.py)."""
 
@@ -146,7 +155,7 @@ def _program_key(cell: Cell):
     for key in VMAPPED_KEYS:
         section, name = key.split(".")
         d[section] = {k: v for k, v in d[section].items() if k != name}
-    alone = cell.config.grpo.dynamic_sampling
+    alone = runs_as_trainer(cell.config)
     return json.dumps(d, sort_keys=True, default=str) + (f"#alone{cell.index}" if alone else "")
 
 
@@ -165,7 +174,7 @@ def plan_programs(cells: list, *, cells_per_program: int | None = None, one_prog
         differ = sorted({f"{s}.{k}" for cell in cells for s, sec in cfg_lib.to_dict(cell.config).items()
                          for k, v in sec.items() if v != first[s][k]} - set(VMAPPED_KEYS))
         why = f"keys {', '.join(differ)} cannot vary inside one program" if differ else \
-            "grpo.dynamic_sampling runs each cell alone"
+            "grpo.dynamic_sampling / adaptive_entropy / kl_in_reward / ref_sync_every run each cell alone"
         raise ConfigError(f"--one_program: {why} (vmapped: {', '.join(VMAPPED_KEYS)})")
     size = cells_per_program or len(cells)
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
@@ -185,7 +194,7 @@ def fit_programs(programs: list, *, memory_gib: float | None = None, log=print) 
     topo = plan_lib.local_topology(memory_gib=memory_gib)
     out = []
     for program in programs:
-        if len(program) == 1 or program[0].config.grpo.dynamic_sampling:
+        if len(program) == 1 or runs_as_trainer(program[0].config):
             out.append(program)
             continue
         config = cfg_lib.from_dict(cfg_lib.to_dict(program[0].config))
@@ -289,12 +298,8 @@ def program_functions(c0, mc: model_lib.ModelConfig, optimizer: optax.GradientTr
     batch_sh = program_batch_sharding(mesh)
 
     def cell_step(state, second, batch, hp, lr_factor):
-        step = ts.build_train_step(
-            mc, _scaled_updates(optimizer, lr_factor), loss_type=g.loss_type,
-            importance_level=g.importance_level, num_iterations=g.num_iterations,
-            num_minibatches=c0.train.num_minibatches, steps_per_generation=c0.train.steps_per_generation,
-            use_reference=use_reference, max_completion_length=sp.max_new_tokens, lora=lora,
-            shared_prefix=c0.train.shared_prefix, group_size=g.group_size)
+        step = ts.build_train_step(mc, _scaled_updates(optimizer, lr_factor), use_reference=use_reference,
+                                   lora=lora, **ts.step_options(c0))
         return step(state, second, batch, hp)
 
     step_fn = jax.jit(sharding.under_mesh(jax.vmap(cell_step, in_axes=(0, second_axis, 0, 0, 0)), mesh),
@@ -305,7 +310,8 @@ def program_functions(c0, mc: model_lib.ModelConfig, optimizer: optax.GradientTr
         def one(p, t, m, k, temp):
             r = sampling.sample_traced(mc, model_lib.merge_lora(frozen, p) if lora else p, t, m, k,
                                        max_new_tokens=sp.max_new_tokens, eos_id=eos_ids, temperature=temp,
-                                       top_k=sp.top_k, top_p=sp.top_p, group_size=g.group_size, logps=False)
+                                       top_k=sp.top_k, top_p=sp.top_p, min_p=sp.min_p, group_size=g.group_size,
+                                       logps=False)
             return r.tokens, r.mask
         return jax.vmap(one)(params, ptok, pmask, step_keys, temps)
 
@@ -463,9 +469,7 @@ def run_program(cells: list, *, log=print) -> None:
         use_row_mask = any(c.grpo.group_size < g_max for c in configs)
         step_fn, sampler = program_functions(c0, mc, optimizer, mesh, eos_ids=s.eos_ids, use_reference=use_reference,
                                              second_axis=second_axis, state_sh=stacked_state_sh, second_sh=second_sh)
-        hp = jax.tree.map(lambda *x: jnp.stack(x), *[ts.make_hparams(
-            epsilon=c.grpo.epsilon, epsilon_high=c.grpo.epsilon_high, beta=c.grpo.beta,
-            temperature=c.sampling.temperature) for c in configs])
+        hp = jax.tree.map(lambda *x: jnp.stack(x), *[ts.hparams_from_config(c) for c in configs])
         lr_factor = jnp.asarray([c.optim.learning_rate / configs[0].optim.learning_rate for c in configs], jnp.float32)
         temperatures = hp.temperature
         schedules = [ts.schedule_from_config(c) for c in configs]
@@ -674,7 +678,7 @@ def run_grid(argv) -> list:
     log(f"sweep: {len(cells)} cells ({len(cells) // known.seeds} configurations x {known.seeds} seeds) in "
         f"{len(programs)} program(s): " + ", ".join(str(len(p)) for p in programs))
     for program in programs:
-        if program[0].config.grpo.dynamic_sampling:  # a host loop per cell: the trainer itself, as a child
+        if runs_as_trainer(program[0].config):  # a host loop per cell: the trainer itself, as a child
             import subprocess
             cell = program[0]
             argv = [sys.executable, "-m", "grpo_jax.train", "--config", str(known.config), "--workdir",

@@ -106,12 +106,13 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             else:
                 trained = params
                 ref_params = build.reference_params(s.model_config, params) if use_reference else None
-            state = ts.init_state(trained, optimizer, s.mesh)
+            state = ts.init_state(trained, optimizer, s.mesh,
+                                  entropy_coef=g.entropy_coef if g.adaptive_entropy else None)
             del params, trained
         else:  # restored onto abstract targets: nothing is allocated only to be overwritten
             abstract = (build.abstract_adapters(s.model_config, s.mesh) if lora
                         else weights_lib.abstract_params(s.model_config, s.mesh))
-            target = {"train": ts.abstract_state(optimizer, abstract, s.mesh)}
+            target = {"train": ts.abstract_state(optimizer, abstract, s.mesh, entropy=g.adaptive_entropy)}
             if use_reference and not lora:  # as build.checkpoint_tree saves it
                 target["ref"] = build.abstract_reference(s.model_config, abstract)
             full, _ = ckpt.restore(target)
@@ -123,19 +124,15 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
         def policy_params():  # what the sampler and eval run: the base with the adapters on
             return model_lib.merge_lora(frozen, state.params) if lora else state.params
 
-        state_sh = ts.state_shardings(s.mesh, optimizer, jax.eval_shape(lambda p: p, state.params))
+        state_sh = ts.state_shardings(s.mesh, optimizer, jax.eval_shape(lambda p: p, state.params),
+                                      entropy=g.adaptive_entropy)
         second = frozen if lora else ref_params  # the step's second argument: base (LoRA) or reference
         second_sh = sharding.param_shardings(s.mesh, second) if second is not None else None
         step_fn = ts.jit_train_step(
-            ts.build_train_step(s.model_config, optimizer, loss_type=g.loss_type,
-                                importance_level=g.importance_level, num_iterations=g.num_iterations,
-                                num_minibatches=c.train.num_minibatches,
-                                steps_per_generation=c.train.steps_per_generation, use_reference=use_reference,
-                                max_completion_length=c.sampling.max_new_tokens, lora=lora,
-                                shared_prefix=c.train.shared_prefix, group_size=g.group_size),
+            ts.build_train_step(s.model_config, optimizer, use_reference=use_reference, lora=lora,
+                                **ts.step_options(c)),
             s.mesh, state_sh, second_sh)
-        hp = ts.make_hparams(epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
-                             temperature=c.sampling.temperature)
+        hp = ts.hparams_from_config(c)
         # Two independent streams: step t samples with fold_in(train_key, t), eval at t with fold_in(eval_key, t).
         train_key, eval_key = (jax.random.fold_in(jax.random.key(c.train.seed), i) for i in (0, 1))
         G = g.group_size
@@ -170,14 +167,23 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                 ctok, cmask = buckets.trim_completions(ctok, cmask, c.sampling.max_new_tokens)
             # Dynamic sampling's fill rows carry no loss and count in no denominator (losses.py).
             batch = ts.Batch(put(ptok), put(pmask), put(ctok), put(cmask), put(advantages),
-                             put(valid) if g.dynamic_sampling else None)
+                             put(valid) if g.dynamic_sampling else None,
+                             put(gen.rewards.astype(np.float32)) if g.kl_in_reward else None)
             state, step_metrics = step_fn(state, second, batch, hp)
             step_metrics, row_clipped = ts.pop_row_metrics(step_metrics)
+            step_metrics, row_advantages = ts.pop_row_advantages(step_metrics)
+            if row_advantages is not None:  # kl_in_reward: the step's own advantages (rewards - beta * KL)
+                advantages = eval_lib.to_host(row_advantages)
             host = rollout.batch_metrics(c, gen, ended, update_prompt_width=ptok.shape[1],
                                          update_completion_width=ctok.shape[1]) | sampled_metrics
             # dynamic sampling: reward statistics over everything it sampled (sampled_metrics)
             done += 1
             now = step + 1
+            if g.ref_sync_every and now % g.ref_sync_every == 0:
+                # TR-DPO: the reference moves toward the policy after this step's update and before
+                # its checkpoint (which holds the reference), so a resume sees the same reference.
+                ref_params = second = build.sync_reference(ref_params, state.params, g.ref_sync_alpha)
+                host["ref_synced"] = 1.0
             is_ckpt = c.train.checkpoint_every and now % c.train.checkpoint_every == 0 or now == c.train.steps
             is_eval = c.train.eval_every and (now % c.train.eval_every == 0 or now == c.train.steps)
             is_samples = c.train.samples_every and now % c.train.samples_every == 0

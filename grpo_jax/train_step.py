@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from grpo_jax import advantages as adv_lib
 from grpo_jax import losses
 from grpo_jax import model as model_lib
 from grpo_jax import sharding
@@ -51,6 +52,10 @@ class TrainState(NamedTuple):
     step: jax.Array  # i32[]
     params: Any  # model params pytree (model.py layout)
     opt_state: Any  # optax state, sharded like params
+    # grpo.adaptive_entropy's controller, {"coef": f32[], "last": f32[]} (`init_entropy_controller`),
+    # carried across optimizer updates and checkpointed; None otherwise (no leaves: checkpoints of
+    # runs without it keep their layout).
+    entropy: Any = None
 
 
 class Batch(NamedTuple):
@@ -62,6 +67,9 @@ class Batch(NamedTuple):
     # f32[N] 1 on the rows that carry a loss (grpo_loss's row_mask: DAPO dynamic sampling's fill rows
     # are 0 and count in no denominator); None: every row.
     row_mask: jax.Array | None = None
+    # f32[N] the rows' rewards, only with grpo.kl_in_reward: the step takes the advantages from
+    # rewards - beta * KL itself (the reference log-probs are computed there); None otherwise.
+    rewards: jax.Array | None = None
 
 
 class HParams(NamedTuple):
@@ -70,11 +78,47 @@ class HParams(NamedTuple):
     epsilon_high: jax.Array  # f32[]
     beta: jax.Array  # f32[]
     temperature: jax.Array  # f32[]
+    # grpo.entropy_coef (the adaptive controller's start value lives in TrainState.entropy instead);
+    # used only by a step built with entropy_bonus=True.
+    entropy_coef: jax.Array = 0.0  # f32[]
 
 
-def make_hparams(*, epsilon, epsilon_high=None, beta, temperature) -> HParams:
+def make_hparams(*, epsilon, epsilon_high=None, beta, temperature, entropy_coef=0.0) -> HParams:
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
-    return HParams(*(jnp.asarray(x, jnp.float32) for x in (epsilon, epsilon_high, beta, temperature)))
+    return HParams(*(jnp.asarray(x, jnp.float32) for x in (epsilon, epsilon_high, beta, temperature, entropy_coef)))
+
+
+def init_entropy_controller(entropy_coef: float):
+    """grpo.adaptive_entropy's state: the coefficient and the last update's entropy (inf: the bonus
+    is off until an update has measured an entropy at or below the target, as TRL 1.16)."""
+    return {"coef": jnp.asarray(entropy_coef, jnp.float32), "last": jnp.asarray(jnp.inf, jnp.float32)}
+
+
+def step_options(config) -> dict:
+    """build_train_step's keyword arguments that come from the config (loss menu, K, M, mu, shared
+    prefix, truncated scoring): one place for the trainer, the sweep and the plan."""
+    from grpo_jax import truncation as truncation_lib  # the sampler's kept set, re-derived for scoring
+    g, tr = config.grpo, config.train
+    return dict(
+        loss_type=g.loss_type, importance_level=g.importance_level, num_iterations=g.num_iterations,
+        num_minibatches=tr.num_minibatches, steps_per_generation=tr.steps_per_generation,
+        max_completion_length=config.sampling.max_new_tokens, shared_prefix=tr.shared_prefix,
+        group_size=g.group_size, truncation=truncation_lib.for_scoring(config),
+        loss_options=dict(delta=g.delta, kl_estimator=g.kl_estimator, cispo_max_weight=g.cispo_max_weight,
+                          sapo_temperatures=(g.sapo_temperature_pos, g.sapo_temperature_neg),
+                          vespo_params=(g.vespo_k_pos, g.vespo_lambda_pos, g.vespo_k_neg, g.vespo_lambda_neg),
+                          top_entropy_quantile=g.top_entropy_quantile),
+        entropy_bonus=g.entropy_coef > 0 or g.adaptive_entropy,
+        adaptive_entropy=((g.entropy_target, g.entropy_coef_delta, g.entropy_coef_min, g.entropy_coef_max)
+                          if g.adaptive_entropy else None),
+        kl_in_reward=g.kl_in_reward,
+        advantage_options=dict(estimator=g.advantage_estimator, scale=g.scale_rewards, eps=g.advantage_eps))
+
+
+def hparams_from_config(config) -> HParams:
+    g = config.grpo
+    return make_hparams(epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
+                        temperature=config.sampling.temperature, entropy_coef=g.entropy_coef)
 
 
 def learning_rate_schedule(*, learning_rate, warmup_steps=0, schedule="constant", total_steps=1):
@@ -167,11 +211,14 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
                      num_iterations: int = 1, num_minibatches: int = 1, steps_per_generation: int = 1,
                      use_reference: bool = True, max_completion_length: int | None = None,
                      lora: bool = False, chunk_size: int | None = None, shared_prefix: bool = False,
-                     group_size: int = 1):
+                     group_size: int = 1, truncation=None, loss_options: dict | None = None,
+                     entropy_bonus: bool = False, adaptive_entropy: tuple | None = None,
+                     kl_in_reward: bool = False, advantage_options: dict | None = None):
     """Returns the pure step `(state, ref_params, batch, hparams) -> (state, metrics)`.
 
     Not jitted: `jit_train_step` adds shardings and donation; tests and sweeps may vmap it first.
     `state.step` counts calls (rollouts), not optimizer steps: mu * K optimizer updates per call.
+    The config's values for every option below: `step_options(config)`.
 
     `lora=True`: `state.params` holds only the LoRA adapters (`model.init_lora`), so only they are
     trained and held in the optimizer state, and the second argument is the frozen base model. The
@@ -185,17 +232,41 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
     group-major, row n holds prompt n // G): every forward of the step (policy, reference, K > 1's
     old log-probs) encodes each prompt once per group instead of G times
     (`scoring.completion_scores(group_size=...)`): the same numbers to round-off, less work. A
-    strided chunk (k, m) holds rows j*K*M + k*M + m, so when K*M divides G its rows come in
+    strided chunk (k, m) holds rows j*K*M + k + K*m, so when K*M divides G its rows come in
     contiguous runs of G / (K*M) rows of one prompt, and that is the group size each chunk is scored
     with. When K*M does not divide G the runs are irregular and nothing is shared (the plain path,
     no error), and so it is with model.attention="cudnn" (`model.shares_prefix`). The group size
     used is `step.shared_group_size` (1: no sharing).
+
+    `truncation` (`truncation.Truncation`, None = off): the policy's (and old) log-probs are those of
+    the truncated, renormalised distribution the sampler drew from (top-k / top-p / min-p); the
+    reference's stay on the full distribution, so the KL is KL(full pi || full pi_ref).
+
+    The loss menu (`losses` module docstring): `loss_options` are grpo_loss's static keywords
+    (delta, kl_estimator, cispo_max_weight, sapo_temperatures, vespo_params, top_entropy_quantile).
+    `entropy_bonus`: the policy's entropy is differentiated and loss -= coef * its mean over the
+    tokens the policy term uses, each chunk weighted by its share of the update's tokens; coef is
+    `hparams.entropy_coef`, or with `adaptive_entropy` = (target, delta, min, max) the controller in
+    `state.entropy` (Skywork-OR1 as TRL 1.16: applied while the last update's entropy was <= target,
+    then moved by delta towards keeping it there, once per optimizer update).
+    `kl_in_reward` (needs `batch.rewards` and a reference): before any update the step scores the
+    sampling policy and the reference, takes r_i - beta * sum_t m * kl_t (grpo_loss's kl_estimator)
+    as each row's reward and its advantages by `advantages.compute(**advantage_options)` over
+    group_size groups (batch.advantages is unused); the loss then has no KL term. The advantages it
+    trained on come back as the row metric ROW_ADVANTAGES.
     """
     if loss_type not in losses.LOSS_TYPES:
         raise ValueError(f"grpo.loss_type must be one of {losses.LOSS_TYPES}, got {loss_type!r}")
     K, M = steps_per_generation, num_minibatches
     if K < 1 or M < 1:
         raise ValueError(f"steps_per_generation={K} and num_minibatches={M} must be >= 1")
+    if kl_in_reward and not use_reference:
+        raise ValueError("kl_in_reward needs the reference (use_reference=True)")
+    loss_options = dict(loss_options or {})
+    advantage_options = dict(advantage_options or {})
+    if truncation is not None and not truncation.active:
+        truncation = None
+    entropy_bonus = entropy_bonus or adaptive_entropy is not None
 
     # cudnn attention cannot take the grouped forward's mask (model.shares_prefix): every row whole.
     share = shared_group_size(group_size, K * M) if shared_prefix and model_lib.shares_prefix(model_config) else 1
@@ -203,27 +274,51 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
     def policy(params, frozen):  # the model the trained params stand for
         return model_lib.merge_lora(frozen, params) if lora else params
 
-    def scored_logps(params, mb: Batch, hp: HParams, *, entropy=False):
+    def scored_logps(params, mb: Batch, hp: HParams, *, entropy=False, truncated=True, full_logps=False):
         # Chunked LM head (scoring.py): no [N, T, V] logits, in the gradient pass or out of it.
         return completion_scores(model_config, params, mb.prompt_tokens, mb.prompt_mask, mb.completion_tokens,
                                  temperature=hp.temperature, chunk_size=chunk_size, entropy=entropy,
-                                 group_size=share)
+                                 group_size=share, truncation=truncation if truncated else None,
+                                 full_logps=full_logps)
 
-    def minibatch_loss(params, frozen, mb: Batch, old_logps, ref_logps, weight, on_policy, hp: HParams):
-        # The entropy metric comes out of the same chunk loop with no gradient (stop_gradient there).
-        logps, stats = scored_logps(policy(params, frozen), mb, hp, entropy=True)
+    def minibatch_loss(params, frozen, mb: Batch, old_logps, ref_logps, weight, share_w, on_policy, coef,
+                       hp: HParams):
+        # The entropy comes out of the same chunk loop: a metric (no gradient), or the bonus's term.
+        # Truncated sampling with a KL term: the KL's policy side is the full distribution's log-prob.
+        kl_full = truncation is not None and ref_logps is not None
+        logps, stats = scored_logps(policy(params, frozen), mb, hp, entropy="grad" if entropy_bonus else True,
+                                    full_logps=kl_full)
         if old_logps is None:  # first update of the call: on-policy by construction
             old_logps = jax.lax.stop_gradient(logps)
         elif on_policy is not None:  # K > 1: a traced "params not moved yet" flag (k == 0)
             old_logps = jnp.where(on_policy, jax.lax.stop_gradient(logps), old_logps)
+        mask = mb.completion_mask.astype(jnp.float32)
         loss, metrics = losses.grpo_loss(
-            logps, old_logps, ref_logps, mb.advantages, mb.completion_mask, epsilon=hp.epsilon,
+            logps, old_logps, ref_logps, mb.advantages, mask, epsilon=hp.epsilon,
             epsilon_high=hp.epsilon_high, beta=hp.beta, loss_type=loss_type,
             importance_level=importance_level, max_completion_length=max_completion_length,
-            row_mask=mb.row_mask, per_row=True)
+            row_mask=mb.row_mask, per_row=True, entropies=stats["entropy"],
+            kl_logps=stats["full_logps"] if kl_full else None, **loss_options)
         clipped = metrics.pop("clipped_tokens")  # [rows of the chunk]
-        metrics["entropy"] = _masked_mean(stats["entropy"], mb.completion_mask.astype(jnp.float32))
-        return loss * weight, (metrics, (jax.lax.stop_gradient(logps), clipped))
+        entropy = stats["entropy"]
+        # Over the rows that count, as the token shares that weigh it across chunks.
+        counted = mask if mb.row_mask is None else mask * mb.row_mask[:, None].astype(jnp.float32)
+        metrics["entropy"] = _masked_mean(jax.lax.stop_gradient(entropy), counted)
+        total = loss * weight
+        used = jnp.zeros(2, jnp.float32)  # [sum of entropy, tokens] over the policy term's tokens
+        if entropy_bonus:
+            policy_mask = counted
+            quantile = loss_options.get("top_entropy_quantile", 1.0)
+            if quantile < 1.0:
+                policy_mask = policy_mask * losses.high_entropy_mask(entropy, policy_mask, quantile)
+            term = _masked_mean(entropy, policy_mask)
+            total = total - coef * term * share_w  # token share of the update: M changes nothing
+            metrics["loss"] = metrics["loss"] - coef * term * share_w / weight_safe(weight)
+            used = jax.lax.stop_gradient(jnp.stack([(entropy * policy_mask).sum(), policy_mask.sum()]))
+        return total, (metrics, (jax.lax.stop_gradient(logps), clipped, used))
+
+    def weight_safe(w):
+        return jnp.where(w == 0, 1.0, w)
 
     grad_fn = jax.grad(minibatch_loss, has_aux=True)
     metric_names = ("loss", "kl", "clip_fraction", "clip_fraction_low", "clip_fraction_high",
@@ -237,58 +332,91 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
                              f"train.num_minibatches = {K} * {M}")
         if share > 1 and n % group_size:
             raise ValueError(f"shared_prefix: batch of {n} rows is not whole groups of group_size={group_size}")
-        # [N, ...] -> [K, M, N/(K*M), ...]: chunk (k, m) holds rows k*M + m, + K*M, ... (strided:
-        # every chunk stays spread over all the devices the batch is sharded on).
-        mbs = Batch(*(None if x is None else _split(x, K * M).reshape(K, M, *_split(x, K * M).shape[1:])
-                      for x in batch))
+        if kl_in_reward and batch.rewards is None:
+            raise ValueError("kl_in_reward: the Batch needs its rows' rewards (Batch.rewards)")
+        if adaptive_entropy is not None and state.entropy is None:
+            raise ValueError("adaptive_entropy: the TrainState needs its controller (init_entropy_controller)")
+
+        def split(x):  # [N, ...] -> [K, M, N/(K*M), ...]: chunk (k, m) = strided chunk c = k + K*m
+            chunks = _split(x, K * M)  # [K*M, N/(KM), ...], chunk c holds rows j*K*M + c
+            return jnp.swapaxes(chunks.reshape(M, K, *chunks.shape[1:]), 0, 1)
+
+        def unsplit(x):  # [K, M, N/(KM), ...] -> [N, ...], the inverse of split
+            chunks = jnp.swapaxes(x, 0, 1).reshape(K * M, n // (K * M), *x.shape[3:])
+            return jnp.swapaxes(chunks, 0, 1).reshape(n, *x.shape[3:])
+
+        # [N, ...] -> [K, M, N/(K*M), ...]: chunk (k, m) holds rows k + K*m + K*M*j (j = 0, 1, ...),
+        # so update k trains on every K-th row starting at k whatever M is (M only splits it for
+        # accumulation), and every chunk stays spread over all the devices the batch is sharded on.
+        mbs = Batch(*(None if x is None else split(x) for x in batch))
         mask_f = mbs.completion_mask.astype(jnp.float32)
         if batch.row_mask is not None:  # rows outside the row mask count in no token sum
             mask_f = mask_f * mbs.row_mask[..., None].astype(jnp.float32)
-        part_tokens = jnp.maximum(mask_f.sum((1, 2, 3)), 1.0)[:, None]  # [K, 1] tokens per optimizer step
-        if loss_type == "bnpo":  # token-level: each chunk's share of its optimizer step's tokens
-            weights = mask_f.sum((2, 3)) / part_tokens
-        elif batch.row_mask is None:  # row-level means: equal shares
-            weights = jnp.full((K, M), 1.0 / M)
-        else:  # row-level means over the rows that count: each chunk's share of its part's rows
-            rows = mbs.row_mask.astype(jnp.float32).sum(2)  # [K, M]
-            weights = rows / jnp.maximum(rows.sum(1, keepdims=True), 1.0)
-        token_share = mask_f.sum((2, 3)) / part_tokens  # [K, M] for token-mean metrics
+        rows = (jnp.full((K, M), n / (K * M), jnp.float32) if batch.row_mask is None
+                else mbs.row_mask.astype(jnp.float32).sum(2))
+        weights, token_share = losses.accumulation_weights(loss_type, mask_f.sum((2, 3)), rows)  # [K, M] each
 
-        def forward_all(p):  # [K, M, N/(KM), T] log-probs of every chunk, no gradient
+        def forward_all(p, truncated=True):  # [K, M, N/(KM), T] log-probs of every chunk, no gradient
             flat = Batch(*(None if x is None else x.reshape(K * M, *x.shape[2:]) for x in mbs))
-            _, out = jax.lax.scan(lambda _, mb: (None, scored_logps(p, mb, hp)[0]), None, flat)
+            _, out = jax.lax.scan(lambda _, mb: (None, scored_logps(p, mb, hp, truncated=truncated)[0]), None, flat)
             return jax.lax.stop_gradient(out.reshape(K, M, *out.shape[1:]))
 
         frozen = ref_params if lora else None  # LoRA: the base model, adapters off = the reference
-        ref_logps = forward_all(ref_params) if use_reference else None
+        # The reference on the full (untruncated) distribution: the KL is between the full policies.
+        ref_logps = forward_all(ref_params, truncated=False) if use_reference else None
         # K > 1: the sampling policy's log-probs for the parts scored after the first update.
         old_logps = forward_all(policy(state.params, frozen)) if K > 1 else None
+        row_advantages = None
+        if kl_in_reward:
+            # The sampling policy's full-distribution log-probs against the reference's, per row.
+            start = forward_all(policy(state.params, frozen), truncated=False)
+            kl = losses.kl_estimate(start, ref_logps, loss_options.get("kl_estimator", "k3"))
+            kl_rows = unsplit((kl * mask_f).sum(-1))  # [N]
+            lengths = unsplit(mask_f.sum(-1))
+            row_advantages = adv_lib.compute(batch.rewards.astype(jnp.float32) - hp.beta * kl_rows, group_size,
+                                             mask=batch.row_mask, lengths=lengths, **advantage_options)
+            mbs = mbs._replace(advantages=split(row_advantages))
+            kl_reward = (kl_rows.sum() / jnp.maximum(lengths.sum(), 1.0))  # mean token KL, for the metric
+            ref_logps = None  # no KL term in the loss
+
+        controller0 = state.entropy
 
         def optimizer_step(carry, xs, *, first: bool):
             """One optimizer update over the M chunks of one part. `first`: static, the call's very
             first update (K = 1: the only one of iteration 0)."""
-            params, opt_state = carry
+            params, opt_state, controller = carry
             mb_k, old_k, ref_k, w_k, share_k, on_policy = xs
+            if adaptive_entropy is not None:  # TRL: applied while the last measured entropy <= target
+                coef = jnp.where(controller["last"] <= adaptive_entropy[0], controller["coef"], 0.0)
+            else:
+                coef = hp.entropy_coef
 
             def accumulate(acc, chunk):
                 grads_acc, met_acc = acc
                 mb, old, ref, w, share = chunk
-                grads, (met, out) = grad_fn(params, frozen, mb, old, ref, w, on_policy, hp)
+                grads, (met, out) = grad_fn(params, frozen, mb, old, ref, w, share, on_policy, coef, hp)
                 grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
                 # The loss carries its aggregation weight; token-mean metrics their token share.
                 met_acc = {k: (jnp.maximum(met_acc[k], v) if k == "ratio_max" else
                                met_acc[k] + v * (w if k == "loss" else share))
-                           for k, v in met.items()}
+                           for k, v in met.items() if k in met_acc}
                 return (grads_acc, met_acc), out
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             met0 = {k: jnp.zeros((), jnp.float32) for k in metric_names}
-            (grads, met), (logps, clipped) = jax.lax.scan(accumulate, (zeros, met0),
-                                                          (mb_k, None if first else old_k, ref_k, w_k, share_k))
+            (grads, met), (logps, clipped, used) = jax.lax.scan(
+                accumulate, (zeros, met0), (mb_k, None if first else old_k, ref_k, w_k, share_k))
             grad_norm = optax.global_norm(grads)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state), (met, logps, grad_norm, clipped)
+            if adaptive_entropy is not None:  # the update's token-weighted entropy moves the coefficient
+                target, step_size, lo, hi = adaptive_entropy
+                measured = used[:, 0].sum() / jnp.maximum(used[:, 1].sum(), 1.0)
+                moved = jnp.where(measured <= target, jnp.minimum(controller["coef"] + step_size, hi),
+                                  jnp.maximum(controller["coef"] - step_size, lo))
+                controller = {"coef": moved, "last": measured}
+            met["entropy_coef"] = jnp.asarray(coef, jnp.float32)
+            return (params, opt_state, controller), (met, logps, grad_norm, clipped)
 
         def iteration(carry, old, first_iteration):
             """The K optimizer updates of one pass over the batch: (carry, ([K] metrics, [K, M, ...]
@@ -302,7 +430,8 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             return jax.lax.scan(lambda c, xs: optimizer_step(c, xs, first=False), carry,
                                 (mbs, old, ref_logps, weights, token_share, on_policy))
 
-        carry, (met, logps, grad_norm, clipped) = iteration((state.params, state.opt_state), old_logps, True)
+        carry, (met, logps, grad_norm, clipped) = iteration((state.params, state.opt_state, controller0),
+                                                            old_logps, True)
         if old_logps is None:
             old_logps = logps  # [K, M, N/(KM), T], the sampling policy's, for passes 2..mu
         mets = [met]
@@ -314,29 +443,42 @@ def build_train_step(model_config: model_lib.ModelConfig, optimizer: optax.Gradi
             mets.append(met)  # [mu - 1, K] each
             grad_norm = grad_norm[-1]
             clipped = clipped + later_clipped.sum(0)
-        params, opt_state = carry
+        params, opt_state, controller = carry
 
         # Report the mean over the mu * K updates (at mu = K = 1: the on-policy numbers).
+        names = metric_names + (("entropy_coef",) if entropy_bonus else ())
         metrics = {k: (jnp.max(jnp.stack([m[k].max() for m in mets])) if k == "ratio_max" else
-                       sum(m[k].sum() for m in mets) / (num_iterations * K)) for k in metric_names}
+                       sum(m[k].sum() for m in mets) / (num_iterations * K)) for k in names}
+        if kl_in_reward:
+            metrics["kl"] = kl_reward  # the loss has no KL term; this is the reward's
         metrics["grad_norm"] = grad_norm[-1]  # of the last update, before clipping
-        metrics["advantage_abs_mean"] = jnp.abs(batch.advantages).mean()
-        # [K, M, N/(KM)] -> [N]: chunk k*M + m holds rows j*K*M + k*M + m (`_split`). Summed over the
+        metrics["advantage_abs_mean"] = jnp.abs(batch.advantages if row_advantages is None else row_advantages).mean()
+        # [K, M, N/(KM)] -> [N] (`unsplit`: chunk (k, m) holds rows j*K*M + k + K*m). Summed over the
         # mu passes; the one non-scalar (per-group clip rates, groups.jsonl: `pop_row_metrics`).
-        metrics[ROW_CLIPPED] = clipped.reshape(K * M, -1).T.reshape(n)
-        return TrainState(state.step + 1, params, opt_state), metrics
+        metrics[ROW_CLIPPED] = unsplit(clipped)
+        if row_advantages is not None:
+            metrics[ROW_ADVANTAGES] = row_advantages
+        return TrainState(state.step + 1, params, opt_state, controller), metrics
 
     step.shared_group_size = share
     return step
 
 
-ROW_CLIPPED = "row_clipped_tokens"  # the step's one non-scalar metric: f32[N] clipped tokens per row, all passes
+ROW_CLIPPED = "row_clipped_tokens"  # the step's non-scalar metric: f32[N] clipped tokens per row, all passes
+ROW_ADVANTAGES = "row_advantages"  # with kl_in_reward: f32[N] the advantages the step computed and trained on
 
 
 def pop_row_metrics(metrics: dict) -> tuple[dict, jax.Array]:
-    """(the step's scalar metrics, its f32[N] clipped-token counts per row) without copying either."""
+    """(the step's scalar metrics, its f32[N] clipped-token counts per row) without copying either.
+    A kl_in_reward step's ROW_ADVANTAGES stay in the first dict (`pop_row_advantages`)."""
     metrics = dict(metrics)
     return metrics, metrics.pop(ROW_CLIPPED)
+
+
+def pop_row_advantages(metrics: dict):
+    """(metrics without it, the kl_in_reward step's f32[N] advantages or None)."""
+    metrics = dict(metrics)
+    return metrics, metrics.pop(ROW_ADVANTAGES, None)
 
 
 def shared_group_size(group_size: int, chunks: int) -> int:
@@ -350,31 +492,39 @@ def shared_group_size(group_size: int, chunks: int) -> int:
     return group_size // chunks if group_size >= chunks and group_size % chunks == 0 else 1
 
 
-def state_shardings(mesh, optimizer: optax.GradientTransformation, abstract_params) -> TrainState:
-    """Shardings for TrainState: params FSDP; optimizer moments like their params; scalars replicated."""
+def state_shardings(mesh, optimizer: optax.GradientTransformation, abstract_params, *,
+                    entropy: bool = False) -> TrainState:
+    """Shardings for TrainState: params FSDP; optimizer moments like their params; scalars replicated.
+    `entropy`: the state carries grpo.adaptive_entropy's controller (replicated scalars)."""
     param_sh = sharding.param_shardings(mesh, abstract_params)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     # Leaves that mirror a parameter (Adam's mu, nu) take its sharding; counts etc. are replicated.
     opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_sh,
                                    transform_non_params=lambda _: replicated)
-    return TrainState(replicated, param_sh, opt_sh)
+    return TrainState(replicated, param_sh, opt_sh, {"coef": replicated, "last": replicated} if entropy else None)
 
 
-def abstract_state(optimizer: optax.GradientTransformation, abstract_params, mesh) -> TrainState:
+def abstract_state(optimizer: optax.GradientTransformation, abstract_params, mesh, *,
+                   entropy: bool = False) -> TrainState:
     """The TrainState as ShapeDtypeStructs carrying `state_shardings`: a restore target that costs no
     memory (a concrete one built just to be overwritten doubled the peak of a resume)."""
-    shardings = state_shardings(mesh, optimizer, abstract_params)
-    shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), abstract_params)
+    shardings = state_shardings(mesh, optimizer, abstract_params, entropy=entropy)
+    shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p),
+                                                 init_entropy_controller(0.0) if entropy else None), abstract_params)
     return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings)
 
 
-def init_state(params, optimizer: optax.GradientTransformation, mesh) -> TrainState:
-    """A TrainState whose optimizer state is created directly with its shardings."""
-    shardings = state_shardings(mesh, optimizer, jax.eval_shape(lambda p: p, params))
+def init_state(params, optimizer: optax.GradientTransformation, mesh, *,
+               entropy_coef: float | None = None) -> TrainState:
+    """A TrainState whose optimizer state is created directly with its shardings. `entropy_coef`
+    (grpo.adaptive_entropy): the controller's start value; None = no controller."""
+    entropy = entropy_coef is not None
+    shardings = state_shardings(mesh, optimizer, jax.eval_shape(lambda p: p, params), entropy=entropy)
     opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
-    return TrainState(step, params, opt_state)
+    controller = jax.device_put(init_entropy_controller(entropy_coef), shardings.entropy) if entropy else None
+    return TrainState(step, params, opt_state, controller)
 
 
 def jit_train_step(step_fn, mesh, state_sh: TrainState, ref_params_sh):
@@ -383,6 +533,6 @@ def jit_train_step(step_fn, mesh, state_sh: TrainState, ref_params_sh):
     # One sharding for every Batch field, a pytree prefix: each leaf's leading dim over the batch
     # axes, the rest replicated (so an absent row_mask, None, needs no entry of its own).
     batch_sh = sharding.batch_sharding(mesh, 1)
-    hp_sh = HParams(*([replicated] * 4))
+    hp_sh = HParams(*([replicated] * len(HParams._fields)))
     return jax.jit(sharding.under_mesh(step_fn, mesh), in_shardings=(state_sh, ref_params_sh, batch_sh, hp_sh),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))

@@ -205,7 +205,7 @@ def test_token_logps_logits_must_be_tokens_shape_plus_vocab():
 
 def test_bad_switches_raise():
     with pytest.raises(ValueError, match="loss_type"):
-        loss_of(loss_type="dapo")
+        loss_of(loss_type="ppo")
     with pytest.raises(ValueError, match="importance_level"):
         loss_of(importance_level="row")
 
