@@ -81,6 +81,48 @@ def _abstract_keys_to_data(abstract_state):
     return jax.tree.map(leaf, abstract_state)
 
 
+def _optional_unset(tree) -> bool:
+    """A NamedTuple with an optional field (default None) left at None (TrainState.entropy without
+    grpo.adaptive_entropy)."""
+    defaults = getattr(type(tree), "_field_defaults", {})
+    return any(defaults.get(f, 0) is None and getattr(tree, f) is None for f in tree._fields)
+
+
+def _is_namedtuple(tree) -> bool:
+    return isinstance(tree, tuple) and hasattr(tree, "_fields")
+
+
+def _stored_layout(tree):
+    """The tree as saved: a NamedTuple whose optional fields are None becomes a dict of its other
+    fields. Orbax matches a restore target to the saved tree by key path, and a None leaf is a path of
+    its own: without this a checkpoint saved before an optional field existed would not restore into
+    the NamedTuple that has it (nor the reverse). As dicts, the layout of a state without the field is
+    the layout it had before the field existed."""
+    if _is_namedtuple(tree):
+        if _optional_unset(tree):
+            return {f: _stored_layout(v) for f, v in zip(tree._fields, tree) if v is not None}
+        return type(tree)(*(_stored_layout(v) for v in tree))
+    if isinstance(tree, dict):
+        return {k: _stored_layout(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_stored_layout(v) for v in tree]
+    return tree
+
+
+def _target_layout(template, tree):
+    """The inverse of `_stored_layout` for a restored tree: back into `template`'s NamedTuples."""
+    if _is_namedtuple(template):
+        if _optional_unset(template):
+            return type(template)(*(None if t is None else _target_layout(t, tree[f])
+                                    for f, t in zip(template._fields, template)))
+        return type(template)(*(_target_layout(t, x) for t, x in zip(template, tree)))
+    if isinstance(template, dict):
+        return {k: _target_layout(v, tree[k]) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_target_layout(t, x) for t, x in zip(template, tree)]
+    return tree
+
+
 class Checkpointer:
     """Step-numbered, atomic checkpoints of (state, meta) under `directory`.
 
@@ -128,6 +170,7 @@ class Checkpointer:
             return False
         if not force and step % self.save_interval_steps:
             return False
+        state = _stored_layout(state)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_keys_to_data(state)),
             meta=ocp.args.JsonSave(meta),
@@ -161,6 +204,7 @@ class Checkpointer:
                 f"checkpoint step {step} not found: {path} does not exist "
                 f"(steps present: {self.all_steps()})")
 
+        template, abstract_state = abstract_state, _stored_layout(abstract_state)
         want_keys = _key_impls(abstract_state)
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract_keys_to_data(abstract_state)),
@@ -184,7 +228,7 @@ class Checkpointer:
         for p, x in flat:
             impl = saved_keys.get(jax.tree_util.keystr(p))
             leaves.append(jax.random.wrap_key_data(x, impl=impl) if impl is not None else x)
-        state = jax.tree_util.tree_unflatten(treedef, leaves)
+        state = _target_layout(template, jax.tree_util.tree_unflatten(treedef, leaves))
         # Block here: a caller that dispatches sharded steps on un-materialised restored arrays
         # risks the CPU collective deadlock (ENVIRONMENT.md).
         jax.block_until_ready([x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)])

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -270,3 +271,39 @@ def test_leftover_tmp_dirs_are_gone_once_the_checkpointer_exists(tmp_path, monke
     with Checkpointer(tmp_path) as ckpt:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]
         assert ckpt.latest_step() == 1
+
+
+class _StateBefore(NamedTuple):  # train_step.TrainState as it was before its optional `entropy` field
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def test_a_state_saved_before_an_optional_field_restores_and_the_reverse(tmp_path):
+    """TrainState gained `entropy` (grpo.adaptive_entropy's controller, None otherwise). A None field is
+    a key path of its own to Orbax, so before `checkpoint._stored_layout` a run saved earlier refused
+    to resume ("tree structures do not match: train.entropy"). Both directions, and the field set."""
+    from grpo_jax import train_step as ts
+
+    params = {"w": jnp.arange(6.0).reshape(2, 3)}
+    opt = optax.adam(1e-3)
+    old = {"train": _StateBefore(jnp.int32(7), params, opt.init(params))}
+    with Checkpointer(tmp_path / "old") as ckpt:
+        ckpt.save(7, old, {"step": 7})
+        state, _ = ckpt.restore({"train": abstract_like(ts.TrainState(jnp.int32(0), params, opt.init(params)))})
+    assert isinstance(state["train"], ts.TrainState) and state["train"].entropy is None
+    assert int(state["train"].step) == 7
+    np.testing.assert_array_equal(state["train"].params["w"], params["w"])
+
+    new = {"train": ts.TrainState(jnp.int32(8), params, opt.init(params))}
+    with Checkpointer(tmp_path / "new") as ckpt:
+        ckpt.save(8, new, {"step": 8})
+        back, _ = ckpt.restore({"train": abstract_like(old["train"])})  # an older checkout reads it too
+    assert isinstance(back["train"], _StateBefore) and int(back["train"].step) == 8
+
+    with_controller = {"train": ts.TrainState(jnp.int32(9), params, opt.init(params),
+                                              ts.init_entropy_controller(0.25))}
+    with Checkpointer(tmp_path / "controller") as ckpt:
+        ckpt.save(9, with_controller, {"step": 9})
+        state, _ = ckpt.restore(abstract_like(with_controller))
+    assert float(state["train"].entropy["coef"]) == 0.25 and np.isinf(float(state["train"].entropy["last"]))
