@@ -44,10 +44,16 @@ class Start(NamedTuple):
     model_dir: pathlib.Path  # the same policy as a Hugging Face directory (f32 weights + tokenizer)
 
 
+SFT_IGNORED_SAMPLING = ("min_p", "truncated_logps")
+
+
 def sft_key(config: cfg_lib.Config) -> str:
     """Hash of the settings the SFT warm start depends on (and of nothing GRPO-only)."""
     d = cfg_lib.to_dict(config)
     relevant = {k: d[k] for k in ("model", "task", "sft", "sampling")}
+    # Sampling keys only GRPO's sampler and scoring read: left out, so they neither move the warm start
+    # nor invalidate the warm starts cached before they existed.
+    relevant["sampling"] = {k: v for k, v in relevant["sampling"].items() if k not in SFT_IGNORED_SAMPLING}
     relevant |= {"seed": config.train.seed, "max_grad_norm": config.optim.max_grad_norm,
                  "eval_batch_size": config.train.eval_batch_size}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,11 +1,14 @@
 """grpo_jax.ablation: the shared warm start is computed once and restored bit-identically, keyed by
 exactly what SFT depends on; its Hugging Face twin is the same policy; the notebooks' sweep command."""
+import hashlib
+import json
 import pathlib
 
 import jax
 import numpy as np
 
 from grpo_jax import ablation
+from grpo_jax import config as cfg_lib
 from grpo_jax.config import Config
 
 
@@ -64,3 +67,23 @@ def test_warm_start_model_dir_is_the_policy_and_the_sweep_starts_from_it(tmp_pat
     assert argv[argv.index("--grid") + 1] == "grpo.group_size=2,4" and "--config.train.steps=7" in argv
     small = ablation.sweep_argv(nb._replace(small=True), "g", grid=[], seeds=1, overrides=["train.steps=7"])
     assert "--config.train.steps=7" not in small and "--config.train.steps=2" in small
+
+
+def test_sft_key_ignores_grpo_only_sampling_keys():
+    # sampling.min_p and sampling.truncated_logps (issue 26) only reach GRPO's sampler and scoring: they
+    # must not move the warm start's key (a key over every sampling field did, and the notebooks'
+    # cached warm starts and sweeps were refused as "a different config").
+    base = _config()
+    truncated = _config()
+    truncated.sampling.min_p, truncated.sampling.truncated_logps = 0.1, False
+    assert ablation.sft_key(truncated) == ablation.sft_key(base)
+    # Computed by hand over the fields that existed before them: the key of every earlier cache.
+    d = cfg_lib.to_dict(base)
+    old = {k: d[k] for k in ("model", "task", "sft", "sampling")}
+    old["sampling"] = {k: v for k, v in old["sampling"].items() if k not in ("min_p", "truncated_logps")}
+    old |= {"seed": base.train.seed, "max_grad_norm": base.optim.max_grad_norm,
+            "eval_batch_size": base.train.eval_batch_size}
+    assert ablation.sft_key(base) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    changed = _config()
+    changed.sampling.max_new_tokens += 1  # a sampling key SFT's validation does read
+    assert ablation.sft_key(changed) != ablation.sft_key(base)
