@@ -174,7 +174,10 @@ class GRPOSection:
     kl_estimator: str = "k3"
     # Put the KL in the reward instead of the loss (verl use_kl_in_reward): each row's reward becomes
     # r - beta * sum_t kl_t (sampling policy vs reference, grpo.kl_estimator), advantages are taken
-    # from that inside the update step, and the loss carries no KL term. Needs grpo.beta > 0.
+    # from that inside the update step, and the loss carries no KL term. Needs grpo.beta > 0. Note: a
+    # group whose task rewards tie is then ranked by its KL alone, and grpo.scale_rewards=group scales
+    # those small differences to unit std (as verl's GRPO does); REINFORCE++ pairs it with
+    # grpo.advantage_estimator=reinforce_pp (whitening over the batch), or use scale_rewards=batch.
     kl_in_reward: bool = False
     # Entropy bonus: loss -= entropy_coef * mean token entropy (over the tokens the policy term uses).
     entropy_coef: float = 0.0
