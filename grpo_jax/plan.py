@@ -426,9 +426,11 @@ def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) ->
         if use_reference:
             ref = jax.eval_shape(lambda p: build.reference_params(mc, p), base)
             second = _with_shardings(ref, sharding.param_shardings(mesh, ref))
-    state_sh = ts.state_shardings(mesh, optimizer, trained)
+    state_sh = ts.state_shardings(mesh, optimizer, trained, entropy=g.adaptive_entropy)
     opt_state = _with_shardings(jax.eval_shape(optimizer.init, trained), state_sh.opt_state)
-    state = ts.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trained, opt_state)
+    controller = ({k: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated) for k in ("coef", "last")}
+                  if g.adaptive_entropy else None)  # grpo.adaptive_entropy's state (TrainState.entropy)
+    state = ts.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trained, opt_state, controller)
     second_sh = jax.tree.map(lambda x: x.sharding, second) if second is not None else None
     pure_step = ts.build_train_step(mc, optimizer, use_reference=use_reference, lora=lora, **ts.step_options(c))
     step_fn = ts.jit_train_step(pure_step, mesh, state_sh, second_sh)
@@ -466,7 +468,9 @@ def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) ->
     def train(b):
         n = rows(b)
         batch = ts.Batch(sds((n, P), jnp.int32), sds((n, P), jnp.int32), sds((n, T), jnp.int32),
-                         sds((n, T), jnp.float32), sds((n,), jnp.float32))
+                         sds((n, T), jnp.float32), sds((n,), jnp.float32),
+                         sds((n,), jnp.float32) if g.dynamic_sampling else None,  # the trainer's row mask
+                         sds((n,), jnp.float32) if g.kl_in_reward else None)  # the rewards it penalises
         if lead:
             return compile_one(step_fn, state, second, batch, hp, cell_scalar)
         return compile_one(step_fn, state, second, batch, hp)

@@ -240,3 +240,14 @@ def test_plan_reads_a_gguf_model(monkeypatch, tmp_path):
     assert mc == weights.load_gguf(path)[0]  # the loader's own reading of the header
     assert sample[0][2].shape[0] == 8  # 2 prompts x G = 4
 
+
+
+def test_plan_compiles_the_step_the_trainer_runs_with_the_menu(capsys):
+    """The plan's train step has the trainer's inputs: the adaptive-entropy controller in the state,
+    the rewards of grpo.kl_in_reward and dynamic sampling's row mask in the batch (without them the
+    step refused to trace: "adaptive_entropy: the TrainState needs its controller")."""
+    assert plan.main([*TINY, "--topology", "local", "--config.grpo.adaptive_entropy=true",
+                      "--config.grpo.kl_in_reward=true", "--config.grpo.loss_type=cispo",
+                      "--config.grpo.top_entropy_quantile=0.2", "--config.sampling.top_p=0.9",
+                      "--config.grpo.dynamic_sampling=true"]) == 0
+    _check(_result(capsys.readouterr().out))
