@@ -1031,6 +1031,16 @@ class Sandbox:
             self._workers.append(worker)
             out = {"passed": 0, "total": len(job["tests"]), "status": "crash", "tests": [False] * len(job["tests"]),
                    "detail": f"sandbox worker lost: {exc}"}
+        except BaseException:
+            # Interrupted mid-run (a caller's timeout alarm, KeyboardInterrupt): the worker's reply is
+            # still unread, and handing it to the next caller would give that caller this program's
+            # score. Kill it (its sandbox dies with it: parent-death signals) and start a fresh one.
+            worker.proc.kill()
+            worker.proc.wait()
+            self._workers.remove(worker)
+            worker = _Worker()
+            self._workers.append(worker)
+            raise
         finally:
             self._idle.put(worker)
         return Result(passed=out["passed"], total=out["total"], status=out["status"], tests=tuple(out["tests"]),

@@ -343,3 +343,32 @@ def test_patching_builtins(box):
 def test_fake_success_marker(box):
     forged = '{"k": "v", "t": 0, "src": "f(2)", "v": {"i": "5"}}\\n{"k": "done"}'
     _hostile(box, f"print('ALL TESTS PASSED')\nprint('{forged}')\nimport sys\nsys.stderr.write('OK 3/3')\n")
+
+
+def test_a_run_interrupted_by_the_callers_alarm_does_not_leak_its_score_into_the_next():
+    """rewards.combine bounds each verifier with SIGALRM: an exception raised inside `Sandbox.run`
+    while the worker is busy used to put the worker back with its reply unread, so the NEXT program
+    got this one's score (a correct program scored 0). The interrupted worker is now replaced."""
+    import signal
+
+    class Alarm(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise Alarm
+
+    try:
+        pool = sandbox.Sandbox(workers=1)
+    except SandboxUnavailable as error:
+        pytest.skip(f"no namespace sandbox on this machine: {error}")
+    with pool:
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(Alarm):
+                pool.run("import time\ndef f():\n    time.sleep(3)\n    return 0\n", ["assert f() == 1"], timeout_s=4)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        good = pool.run("def g(x):\n    return x + 1\n", ["assert g(1) == 2", "assert g(2) == 3"])
+        assert (good.passed, good.total, good.status) == (2, 2, "ok")
