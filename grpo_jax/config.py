@@ -142,6 +142,8 @@ class RewardSection:
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"correctness": 1.0})
     overlong_cache: int = 16  # DAPO: length of the linear ramp before sampling.max_new_tokens
     timeout_seconds: float = 1.0
+    # code_tests: 1 iff every hidden test passes (else the fraction passed).
+    code_all_or_nothing: bool = False
 
 
 @dataclasses.dataclass(slots=True)

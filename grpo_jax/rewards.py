@@ -48,7 +48,8 @@ from grpo_jax import ConfigError, import_path
 # answer styles: <reasoning>/<answer>, R1's <think>, \boxed{}, and the final number of the text
 STYLES = ("reasoning", "think", "plain", "final")
 # Verifiers by name (config rewards.weights); users add theirs as "package.module:function".
-BUILTIN_REWARDS = ("correctness", "format", "overlong")
+# code_tests / code_format: grpo_jax.tasks.code (the task "code" or any example with meta["tests"]).
+BUILTIN_REWARDS = ("correctness", "format", "overlong", "code_tests", "code_format")
 # A final answer longer than this is not an answer (it is spraying); bounds all per-answer work.
 MAX_ANSWER_CHARS = 1000
 # Longest string `normalize_number` accepts; bounds the regex and rejects "9" * 100000.
@@ -653,7 +654,9 @@ def from_config(config, task) -> dict[str, Callable[[str, Any], float]]:
     """name -> verifier `(completion, example) -> float` for every positively weighted name of
     `rewards.weights` but "overlong" (a function of token lengths: `overlong_penalty`, computed where
     the lengths are). Built-ins: "correctness" is the task's own check (`task.correct`), "format"
-    `format_reward` in the task's style; any other name is imported as "package.module:function"."""
+    `format_reward` in the task's style, "code_tests" / "code_format" grpo_jax.tasks.code's (the sandbox
+    run limited to half of rewards.timeout_seconds; rewards.code_all_or_nothing); any other name is
+    imported as "package.module:function"."""
     verifiers = {}
     for name, weight in config.rewards.weights.items():
         if weight == 0 or name == "overlong":
@@ -662,6 +665,13 @@ def from_config(config, task) -> dict[str, Callable[[str, Any], float]]:
             verifiers[name] = task.correct
         elif name == "format":
             verifiers[name] = lambda completion, example, style=task.style: format_reward(completion, style=style)
+        elif name in ("code_tests", "code_format"):
+            from grpo_jax.tasks import code, code_timeout  # tasks imports this module
+            if name == "code_format":
+                verifiers[name] = code.code_format
+            else:
+                verifiers[name] = lambda completion, example, a=config.rewards.code_all_or_nothing, \
+                    t=code_timeout(config): code.code_tests(completion, example, all_or_nothing=a, timeout_s=t)
         else:
             fn = import_path(name, f"rewards.weights.{name}")
             if not callable(fn):

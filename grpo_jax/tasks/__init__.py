@@ -6,6 +6,8 @@ and validation problems, how to write a prompt and how to check an answer. `from
 one named by `task.name`:
 
     BUILTIN_TASKS   arithmetic, countdown (generated: pure functions of (seed, index)),
+                    code (generated function-writing problems judged by hidden tests in
+                    grpo_jax.sandbox; rewards code_tests / code_format),
                     gsm8k, math500, svamp (the public data sets, read from local files or TFDS),
                     records (any math-style JSONL / JSON / parquet / HF `datasets` directory, with
                     task.question_key / task.answer_key / task.answer_format)
@@ -28,7 +30,7 @@ import numpy as np
 from grpo_jax import ConfigError, hub, import_path
 from grpo_jax import rewards as rewards_lib
 from grpo_jax import tokenizer as tok_lib
-from grpo_jax.tasks import arithmetic, countdown, gsm8k, math500, prompts, records, svamp
+from grpo_jax.tasks import arithmetic, code, countdown, gsm8k, math500, prompts, records, svamp
 from grpo_jax.tasks.common import (  # noqa: F401  (re-exported: the package's public names)
     Example, field, in_eval_split, read_jsonl, resolve_file, stable_ints)
 
@@ -191,6 +193,27 @@ def _countdown(config) -> Task:
         identity=lambda e: (tuple(sorted(e.meta["numbers"])), e.meta["target"]))  # the split's own identity
 
 
+def _code(config) -> Task:
+    # The prompt already asks for one fenced Python block (task.instruction's answer-style text would
+    # contradict it); correctness = every hidden test passes in the sandbox. With task.data_path:
+    # MBPP / HumanEval-style records instead of the generated problems.
+    t = config.task
+    correct = lambda c, e: code.code_tests(c, e, all_or_nothing=True, timeout_s=code_timeout(config))  # noqa: E731
+    if t.data_path:
+        read = lambda path, split: code.load_records(path, split)  # noqa: E731
+        task = records_task(config, _read(config, t.train_split, read), _read(config, t.eval_split, read),
+                            correct=correct)
+    else:
+        task = _generated_task(config, code.example, correct=correct)
+    return task._replace(prompt=lambda e: e.prompt)
+
+
+def code_timeout(config) -> float:
+    """The sandbox's wall clock per program: half of rewards.timeout_seconds (at most 5 s), so the
+    sandbox, not the verifier alarm, ends a runaway program."""
+    return min(5.0, 0.5 * config.rewards.timeout_seconds)
+
+
 def _gsm8k(config) -> Task:
     t = config.task
     return records_task(config, _read(config, t.train_split, gsm8k.load), _read(config, t.eval_split, gsm8k.load))
@@ -222,7 +245,7 @@ def _records(config) -> Task:
 
 
 BUILTIN_TASKS: dict[str, Callable[[Any], Task]] = {
-    "arithmetic": _arithmetic, "countdown": _countdown, "gsm8k": _gsm8k, "math500": _math500,
+    "arithmetic": _arithmetic, "code": _code, "countdown": _countdown, "gsm8k": _gsm8k, "math500": _math500,
     "svamp": _svamp, "records": _records,
 }
 
