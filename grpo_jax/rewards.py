@@ -667,6 +667,8 @@ def from_config(config, task) -> dict[str, Callable[[str, Any], float]]:
             verifiers[name] = lambda completion, example, style=task.style: format_reward(completion, style=style)
         elif name in ("code_tests", "code_format"):
             from grpo_jax.tasks import code, code_timeout  # tasks imports this module
+            if name == "code_tests":
+                code.require_sandbox("rewards.weights.code_tests")
             if name == "code_format":
                 verifiers[name] = code.code_format
             else:

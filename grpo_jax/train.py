@@ -172,8 +172,6 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
             state, step_metrics = step_fn(state, second, batch, hp)
             step_metrics, row_clipped = ts.pop_row_metrics(step_metrics)
             step_metrics, row_advantages = ts.pop_row_advantages(step_metrics)
-            if row_advantages is not None:  # kl_in_reward: the step's own advantages (rewards - beta * KL)
-                advantages = eval_lib.to_host(row_advantages)
             host = rollout.batch_metrics(c, gen, ended, update_prompt_width=ptok.shape[1],
                                          update_completion_width=ctok.shape[1]) | sampled_metrics
             # dynamic sampling: reward statistics over everything it sampled (sampled_metrics)
@@ -203,6 +201,8 @@ def run(argv, *, stop_after: int | None = None) -> list[dict]:
                 if is_eval:
                     row |= run_eval(now)
                 log(now, row)
+                if row_advantages is not None:  # kl_in_reward: the step's own advantages (rewards - beta * KL)
+                    advantages = eval_lib.to_host(row_advantages)  # fetched only on logged steps
                 writer.write_detail("groups.jsonl", now, rollout.group_detail(
                     gen, advantages, valid, group_size=G, clipped=eval_lib.to_host(row_clipped), loss_mask=loss_mask,
                     passes=g.num_iterations))

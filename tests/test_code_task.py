@@ -233,3 +233,17 @@ def test_verifier_alarm_mid_run_leaves_the_pool_clean():
         [slow, WRONG, RIGHT], [ADD7] * 3, weights={"code_tests": 1.0}, verifiers=verifiers, time_limit=0.2)
     assert stats["verifier_timeouts"] == 1
     assert components["code_tests"].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_an_unavailable_sandbox_is_a_config_error_at_set_up(monkeypatch):
+    """Without it every code_tests call would fail into a verifier error scored 0 and the run would
+    learn nothing; the task and the reward start the pool at set-up and name the key instead."""
+    from grpo_jax import ConfigError
+    from grpo_jax.sandbox import SandboxUnavailable
+
+    def unavailable():
+        raise SandboxUnavailable("user namespaces are off")
+
+    monkeypatch.setattr(code, "sandbox_pool", unavailable)
+    with pytest.raises(ConfigError, match=r"`rewards.weights.code_tests`.*user namespaces are off"):
+        code.require_sandbox("rewards.weights.code_tests")

@@ -198,6 +198,7 @@ def _code(config) -> Task:
     # contradict it); correctness = every hidden test passes in the sandbox. With task.data_path:
     # MBPP / HumanEval-style records instead of the generated problems.
     t = config.task
+    code.require_sandbox("task.name")  # its correctness runs the model's programs
     correct = lambda c, e: code.code_tests(c, e, all_or_nothing=True, timeout_s=code_timeout(config))  # noqa: E731
     if t.data_path:
         read = lambda path, split: code.load_records(path, split)  # noqa: E731

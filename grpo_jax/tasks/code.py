@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ast
 import atexit
-import concurrent.futures
 import threading
 from typing import Any, Callable
 
@@ -327,9 +326,21 @@ def sandbox_pool(workers: int = 2):
             from grpo_jax import sandbox
 
             _pool["sandbox"] = sandbox.Sandbox(workers)
-            _pool["threads"] = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="code-sandbox")
             atexit.register(_pool["sandbox"].close)
         return _pool["sandbox"]
+
+
+def require_sandbox(key: str) -> None:
+    """Start the pool now (at set-up, before any step): where the sandbox cannot run, a ConfigError
+    naming `key`, instead of every reward call failing into a verifier error scored 0 (a run that
+    would learn nothing)."""
+    from grpo_jax import ConfigError
+    from grpo_jax.sandbox import SandboxUnavailable
+
+    try:
+        sandbox_pool()
+    except SandboxUnavailable as error:
+        raise ConfigError(f"config key `{key}` needs the code sandbox, which cannot run here: {error}") from error
 
 
 def code_tests(completion: str, example: Example, *, all_or_nothing: bool = False,
@@ -341,11 +352,9 @@ def code_tests(completion: str, example: Example, *, all_or_nothing: bool = Fals
     code = extract_code(completion)
     if code is None:
         return 0.0
-    pool = sandbox_pool()
-    # The run happens on the pool's own thread: if the verifier's alarm (rewards.combine) interrupts
-    # this wait, the run still completes and its worker returns to the pool in a clean state, where
-    # an interrupt inside `Sandbox.run` could leave a result unread in the worker's pipe.
-    result = _pool["threads"].submit(pool.run, code, example.meta["tests"], timeout_s=timeout_s).result()
+    # If the verifier's alarm (rewards.combine) interrupts the run, `Sandbox.run` replaces the busy
+    # worker, so no result is left unread for the next program.
+    result = sandbox_pool().run(code, example.meta["tests"], timeout_s=timeout_s)
     if all_or_nothing:
         return 1.0 if result.total and result.passed == result.total else 0.0
     return result.fraction
