@@ -25,10 +25,11 @@ def main(argv):
                                  key=jax.random.key(0), batch_size=n, max_prompt_length=c.sampling.max_prompt_length,
                                  max_new_tokens=c.sampling.max_new_tokens, temperature=0.0, put=s.put,
                                  chat=c.task.chat_template, system=c.task.system_prompt, eos_ids=s.eos_ids,
-                                 length_buckets=c.train.length_buckets)
+                                 length_buckets=c.train.length_buckets, **evaluate.engine_options(c))
+        fmt = s.task.format or (lambda o: rewards.format_reward(o, style=s.task.style))  # code: one fenced block
         for e, o in zip(examples, outs):
             print(f"{label} (step {s.step}) | {e.prompt} (gold {e.answer}) | {o!r} | correct "
-                  f"{s.task.correct(o, e):.0f} format {rewards.format_reward(o, style=s.task.style):.0f}")
+                  f"{s.task.correct(o, e):.0f} format {fmt(o):.0f}")
 
 
 if __name__ == "__main__":

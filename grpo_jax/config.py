@@ -24,6 +24,7 @@ import typing
 from typing import Any, Sequence
 
 from grpo_jax import ConfigError  # noqa: F401  (raised here; re-exported as config.ConfigError)
+from grpo_jax import continuous  # the paged engine's minimum budget (sampling.cache_tokens)
 # Each set of allowed values lives once, in the module that implements it.
 from grpo_jax.advantages import ADVANTAGE_ESTIMATORS, REWARD_AGGREGATIONS
 from grpo_jax.advantages import SCALES as SCALE_REWARDS
@@ -33,7 +34,7 @@ from grpo_jax.model import ATTENTION_BACKENDS, ATTENTION_CHOICES, DTYPES, LORA_T
 from grpo_jax.rewards import BUILTIN_REWARDS
 from grpo_jax.rewards import check_metric_names as check_reward_metric_names
 from grpo_jax.rewards import STYLES as PROMPT_STYLES
-from grpo_jax.sampling import WEIGHT_LAYOUTS
+from grpo_jax.sampling import ENGINES, WEIGHT_LAYOUTS
 from grpo_jax.tasks import BUILTIN_TASKS, SOURCES
 from grpo_jax.tasks.arithmetic import WORKINGS
 from grpo_jax.tasks.records import ANSWER_FORMATS
@@ -247,6 +248,28 @@ class SamplingSection:
     # sampler reused for each (chunk i draws with fold_in(key, i)), so the KV cache holds one chunk.
     # 0 = all rows in one call (with the step's key itself, as before chunks existed).
     batch_size: int = 0
+    # Decode engine (grpo_jax.sampling.ENGINES), for training and eval alike: lockstep (every row of a
+    # call decodes until the last one ends) | continuous (grpo_jax.continuous: S decode slots over a
+    # paged KV cache; a slot whose row ends takes the next queued row, so no step waits on the longest
+    # completion). The same samples: each row draws token t with fold_in(fold_in(key, row), t), so
+    # switching engines changes time and memory, not the samples (log-probs to float round-off).
+    # continuous runs our ModelConfig models (not a protocol model) with sampling.weight_layout =
+    # replicated on a mesh. Sweeps' vmapped sampler is lockstep whatever this says (same samples).
+    engine: str = "lockstep"
+    # continuous: decode slots S per sampler call (a call's rows are queued through them); 0 = one per
+    # row (no queue). Above the rows of a call it is that call's rows. On a mesh each of the D
+    # devices runs S / D slots over its own rows (a multiple of D).
+    slots: int = 0
+    # continuous: tokens per block of the paged KV cache; must divide sampling.max_new_tokens. A row
+    # holds ceil(P / block_size) blocks of its prompt (shared by its group) plus one block per
+    # block_size tokens it has generated.
+    block_size: int = 16
+    # continuous: the KV pool's token budget over all devices (memory = budget x L x 2 x KV x hd x
+    # the model.dtype's bytes). At least, per device, one scratch block + each prompt's blocks + one
+    # full completion: block_size * (1 + prompts * ceil(P / block_size)) + max_new_tokens. A smaller
+    # budget than S full completions preempts the youngest rows (re-decoded later: same samples,
+    # more time). 0 = enough that no row is ever preempted (S full completions beside the prompts).
+    cache_tokens: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -540,6 +563,24 @@ def sampler_chunk_rows(config: Config) -> int:
     return config.sampling.batch_size or sampler_rows(config)
 
 
+def continuous_cache_need(config: Config, *, devices: int = 1) -> tuple[int, str]:
+    """(tokens, why): the smallest KV pool per device that the continuous engine runs every sampler
+    call of this config with (`continuous.min_cache_tokens`: the scratch block, each prompt's blocks,
+    one full completion), over the training call (`sampler_chunk_rows` rows, G per prompt) and the
+    eval call (train.eval_batch_size rows, one prompt each), their rows split over `devices`."""
+    s, g = config.sampling, config.grpo.group_size
+    calls = []
+    for name, rows, group in (("a training call", sampler_chunk_rows(config), g),
+                              ("an eval call", config.train.eval_batch_size, 1)):
+        local = max(rows // devices, 1)
+        prompts = local // group if local % group == 0 else local  # a group split over devices: each row
+        need = continuous.min_cache_tokens(prompts, s.max_prompt_length, s.max_new_tokens, s.block_size)
+        calls.append((need, f"{name} holds {prompts} prompt(s) of up to sampling.max_prompt_length = "
+                            f"{s.max_prompt_length} tokens per device, in blocks of {s.block_size}, beside a scratch "
+                            f"block and one full completion of sampling.max_new_tokens = {s.max_new_tokens}"))
+    return max(calls)
+
+
 def validate(config: Config, *, num_devices: int | None = None, platform: str | None = None) -> Config:
     """Raises ConfigError naming the first bad key. With `num_devices`, checks the mesh too; with
     `platform` (the backend the run compiles for: jax.default_backend(), or a plan's target), that
@@ -685,6 +726,17 @@ def validate(config: Config, *, num_devices: int | None = None, platform: str | 
            + ("(ceil(train.prompts_per_step * grpo.dynamic_sampling_factor) * grpo.group_size: one "
               "dynamic-sampling round)" if g.dynamic_sampling else "(train.prompts_per_step * grpo.group_size)")
            + ": one compiled sampler for every chunk")
+    _check(s.engine in ENGINES, "sampling.engine", s.engine, f"one of {ENGINES}")
+    _check(s.slots >= 0, "sampling.slots", s.slots, ">= 0 (0 = one decode slot per row)")
+    _check(s.block_size >= 1, "sampling.block_size", s.block_size, ">= 1")
+    _check(s.cache_tokens >= 0, "sampling.cache_tokens", s.cache_tokens, ">= 0 (0 = no row is ever preempted)")
+    if s.engine == "continuous":
+        _check(s.max_new_tokens % s.block_size == 0, "sampling.block_size", s.block_size,
+               f"a divisor of sampling.max_new_tokens = {s.max_new_tokens} with sampling.engine=continuous "
+               f"(a row's completion is a whole number of blocks)")
+        need, call = continuous_cache_need(config)
+        _check(s.cache_tokens == 0 or s.cache_tokens >= need, "sampling.cache_tokens", s.cache_tokens,
+               f"0 or >= {need} with sampling.engine=continuous: {call}")
     _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
     _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {SCHEDULES}")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
@@ -746,6 +798,19 @@ def validate(config: Config, *, num_devices: int | None = None, platform: str | 
                f"divisible by the mesh's {shards} devices")
         _check(tr.eval_batch_size % shards == 0, "train.eval_batch_size", tr.eval_batch_size,
                f"divisible by the mesh's {shards} devices")
+        if s.engine == "continuous" and shards > 1:  # each device runs the engine on its own rows
+            _check(s.weight_layout == "replicated", "sampling.weight_layout", s.weight_layout,
+                   f"replicated with sampling.engine=continuous on the mesh's {shards} devices (each runs the "
+                   f"engine on its own rows with a whole copy of the weights; tensor: sampling.engine=lockstep)")
+            _check(s.slots % shards == 0, "sampling.slots", s.slots,
+                   f"a multiple of the mesh's {shards} devices with sampling.engine=continuous (each device "
+                   f"decodes sampling.slots / {shards} slots over its own rows)")
+            need, call = continuous_cache_need(config, devices=shards)
+            _check(s.cache_tokens == 0 or (s.cache_tokens % shards == 0 and s.cache_tokens // shards >= need),
+                   "sampling.cache_tokens", s.cache_tokens,
+                   f"0 or a multiple of the mesh's {shards} devices of at least {shards} x {need} with "
+                   f"sampling.engine=continuous (each device's pool holds sampling.cache_tokens / {shards} "
+                   f"tokens): {call}")
     return config
 
 
@@ -761,7 +826,7 @@ CHOICES = {
     "grpo.importance_level": IMPORTANCE_LEVELS, "grpo.kl_estimator": KL_ESTIMATORS,
     "grpo.advantage_estimator": ADVANTAGE_ESTIMATORS, "grpo.multi_objective_aggregation": REWARD_AGGREGATIONS,
     "optim.schedule": SCHEDULES,
-    "sampling.weight_layout": WEIGHT_LAYOUTS, "train.loggers": LOGGERS,
+    "sampling.weight_layout": WEIGHT_LAYOUTS, "sampling.engine": ENGINES, "train.loggers": LOGGERS,
 }
 
 

@@ -55,15 +55,28 @@ def _padded_batches(items, batch_size):
         yield chunk, real
 
 
+def engine_options(config, rows: int | None = None) -> dict:
+    """The sampler's engine keywords from a config's sampling section (`sampling.sample`'s engine,
+    slots, block_size, cache_tokens), for training and eval alike. With `rows` (the rows of one
+    sampler call) the slots are clamped to them: more slots than rows would only idle."""
+    sp = config.sampling
+    return dict(engine=sp.engine, slots=sp.slots if rows is None else min(sp.slots, rows),
+                block_size=sp.block_size, cache_tokens=sp.cache_tokens)
+
+
 def generate(model_config, params, tokenizer, prompts, *, key, batch_size, max_prompt_length,
              max_new_tokens, temperature, put, chat=False, system=None, top_k=0, top_p=1.0, eos_ids=None,
-             weight_layout="replicated", length_buckets=False, min_p=0.0):
+             weight_layout="replicated", length_buckets=False, min_p=0.0, engine="lockstep", slots=0,
+             block_size=16, cache_tokens=0):
     """Completions (text) for a list of prompt strings, in fixed-size sharded batches.
 
     `eos_ids`: the ids that end a completion (an int or a tuple); None = `eos_token_ids(tokenizer)`.
     `weight_layout`: the sampler's (config key sampling.weight_layout). `length_buckets` (config key
     train.length_buckets): each batch's prompts cut to its longest, rounded up to a bucket of
     `max_prompt_length` (`buckets.trim_prompts`: a few sampler shapes, not one per batch).
+    `engine`, `slots`, `block_size`, `cache_tokens`: the decode engine (config keys sampling.engine,
+    ...; `engine_options(config)`): the same completions with either engine; slots above
+    `batch_size` (the rows of each call) are clamped to it.
     """
     eos_ids = tok_lib.eos_token_ids(tokenizer) if eos_ids is None else eos_ids
     out = []
@@ -75,7 +88,8 @@ def generate(model_config, params, tokenizer, prompts, *, key, batch_size, max_p
         rollout = sampling.sample(model_config, params, put(ptok), put(pmask), jax.random.fold_in(key, i),
                                   max_new_tokens=max_new_tokens, eos_id=eos_ids,
                                   temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  weight_layout=weight_layout)
+                                  weight_layout=weight_layout, engine=engine, slots=min(slots, batch_size),
+                                  block_size=block_size, cache_tokens=cache_tokens)
         tokens, mask = to_host((rollout.tokens, rollout.mask))
         out += tok_lib.decode_completions(tokenizer, tokens, mask, eos_id=eos_ids)[:real]
     return out
@@ -102,14 +116,15 @@ def majority_correct(completions, gold, *, style, score) -> float:
 def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prompt_length,
              max_new_tokens, put, pass_k=0, temperature=1.0, top_k=0, top_p=1.0, chat=False, system=None,
              eos_ids=None, weight_layout="replicated", length_buckets=False, per_problem=False,
-             min_p=0.0) -> dict:
+             min_p=0.0, engine="lockstep", slots=0, block_size=16, cache_tokens=0) -> dict:
     """{"eval_accuracy": greedy pass@1, "eval_length": the greedy completions' mean length in tokens,
     "eval_format": their mean format score (`rewards.format_reward` in the task's answer style; absent
     for a style of a user's own), and with pass_k > 0: "eval_pass@k", "eval_maj@k"}.
 
     `eos_ids`: the ids that end a completion (an int or a tuple); None = `eos_token_ids(tokenizer)`
     (pass `eos_token_ids(tokenizer, model_path)` to add the model's generation_config.json ids).
-    `weight_layout`: the sampler's (config key sampling.weight_layout); `length_buckets`: `generate`'s.
+    `weight_layout`: the sampler's (config key sampling.weight_layout); `length_buckets`, `engine`,
+    `slots`, `block_size`, `cache_tokens`: `generate`'s.
     The pass@k / maj@k samples are drawn as training draws them: `temperature`, `top_k`, `top_p`,
     `min_p` (the config's sampling section); the greedy pass@1 ignores all four.
     `per_problem`: also "eval_correct", f32[E] each held-out problem's greedy score in
@@ -120,10 +135,14 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
     eos_ids = tok_lib.eos_token_ids(tokenizer) if eos_ids is None else eos_ids
     common = dict(batch_size=batch_size, max_prompt_length=max_prompt_length,
                   max_new_tokens=max_new_tokens, put=put, chat=chat, system=system, eos_ids=eos_ids,
-                  weight_layout=weight_layout, length_buckets=length_buckets)
+                  weight_layout=weight_layout, length_buckets=length_buckets, engine=engine, slots=slots,
+                  block_size=block_size, cache_tokens=cache_tokens)
     greedy = generate(model_config, params, tokenizer, prompts, key=key, temperature=0.0, **common)
 
     style_known = task.style in rewards_lib.STYLES  # a user's task may name a style of its own
+    # the task's own format score (the code task: one fenced block), else the answer style's
+    format_score = task.format or (lambda c: rewards_lib.format_reward(c, style=task.style))
+    style_known = style_known or task.format is not None
 
     scored = []
 
@@ -133,7 +152,7 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
         out = {"eval_accuracy": float(np.mean(correct)), "eval_examples": len(examples),
                "eval_length": float(np.mean([len(tokenizer.encode(c, add_special_tokens=False)) for c in greedy]))}
         if style_known:
-            out["eval_format"] = float(np.mean([rewards_lib.format_reward(c, style=task.style) for c in greedy]))
+            out["eval_format"] = float(np.mean([format_score(c) for c in greedy]))
         if pass_k > 0:
             ok = np.array([task.correct(c, e) for c, e in zip(samples, [e for e in examples for _ in range(pass_k)])])
             out[f"eval_pass@{pass_k}"] = float(ok.reshape(len(examples), pass_k).max(axis=1).mean())
@@ -170,7 +189,7 @@ def evaluate_run(s: build.Setup, params, eval_key, step: int, writer) -> dict:
         temperature=c.sampling.temperature, chat=c.task.chat_template, system=c.task.system_prompt or None,
         eos_ids=s.eos_ids, weight_layout=c.sampling.weight_layout, length_buckets=c.train.length_buckets,
         top_k=c.sampling.top_k, top_p=c.sampling.top_p, min_p=c.sampling.min_p,
-        per_problem=True)  # pass@k samples as training does
+        per_problem=True, **engine_options(c))  # pass@k samples as training does
     correct = out.pop("eval_correct")
     writer.write_detail("eval_problems.jsonl", step, {"ids": list(range(len(correct))), "correct": correct})
     return out
@@ -299,7 +318,7 @@ def main(argv=None) -> int:
                        top_k=c.sampling.top_k, top_p=c.sampling.top_p, min_p=c.sampling.min_p,
                        chat=c.task.chat_template,
                        system=c.task.system_prompt, eos_ids=setup.eos_ids, weight_layout=c.sampling.weight_layout,
-                       length_buckets=c.train.length_buckets, per_problem=True)
+                       length_buckets=c.train.length_buckets, per_problem=True, **engine_options(c))
     correct = metrics.pop("eval_correct")
     k = c.train.pass_k
     decoding = {"eval_accuracy": "greedy (temperature 0)", "pass_k": k, "temperature": c.sampling.temperature,

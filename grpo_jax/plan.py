@@ -19,7 +19,14 @@ Printed per chip (the numbers XLA's memory analysis gives for one device of the 
                   (replicated: one full copy per chip; tensor: split over mesh.fsdp, see
                   grpo_jax.sampling), plus what stays
                   resident while it runs (optimizer state, reference; with LoRA the base and the
-                  adapters' state next to the merged params it samples with)
+                  adapters' state next to the merged params it samples with); compiled with its
+                  `sampling.engine` (a sweep program's vmapped sampler: lockstep)
+    KV cache      analytic (`sampler_cache`), per chip, x L * 2 * KV * hd * bytes of model.dtype per
+                  token: lockstep rows * (P + T) / chips; continuous the paged pool,
+                  sampling.cache_tokens / chips (0: continuous.default_cache_tokens, S full
+                  completions beside the prompts' blocks), with the slot count that runs without
+                  preemption in that budget and the one that fits the chip beside the rest of the
+                  sampler's peak (`slots_that_fit`)
     per chip      max of the two phases, against the chip's usable HBM
     FLOPs         per GRPO step, analytic (cost_analysis counts a loop body once, not per trip):
                   matmuls 2*rows*(D*(2*H*hd + 2*KV*hd) + 3*D*F) per layer, causal attention
@@ -73,6 +80,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from grpo_jax import build
 from grpo_jax import config as cfg_lib
+from grpo_jax import continuous
 from grpo_jax import hub
 from grpo_jax import model as model_lib
 from grpo_jax import sampling
@@ -316,6 +324,66 @@ def step_flops(c: model_lib.ModelConfig, *, n: int, p: int, t: int, use_referenc
             "policy": (full + backward_flops(policy, lora=lora)) * num_iterations}
 
 
+# ------------------------------------------------------------------------------------ KV cache
+def kv_bytes_per_token(mc: model_lib.ModelConfig) -> int:
+    """One token's keys and values over every layer in the cache's dtype (model.dtype, the compute
+    dtype): L x 2 x KV x hd x bytes."""
+    return mc.num_layers * 2 * mc.num_kv_heads * mc.head_dim * jnp.dtype(mc.dtype).itemsize
+
+
+class SamplerCache(NamedTuple):
+    """The KV cache of one sampler call (analytic; `sampler_cache`)."""
+    engine: str  # lockstep | continuous (a sweep program's vmapped sampler is lockstep)
+    rows: int  # rows of the call
+    slots: int  # decode slots over all devices (lockstep: every row decodes at once)
+    tokens: int  # token slots over all devices: lockstep rows x (P + T); continuous the pool's budget
+    per_chip: int  # bytes on one device
+    devices: int  # devices the rows are split over
+    prompts: int  # continuous: prompts per device (each prefilled once into its blocks)
+
+
+def continuous_shape(config: cfg_lib.Config, *, rows: int, devices: int) -> tuple[int, int, int]:
+    """(slots, cache_tokens, prompts per device) of a continuous-engine call of `rows` rows split over
+    `devices`, as rollout.sample_rows and continuous.sample resolve them: sampling.slots clamped to
+    the rows (0 = every row), sampling.cache_tokens (0 = `continuous.default_cache_tokens`, the
+    budget with which no row is ever preempted: S / D full completions beside the prompts, per device)."""
+    s = config.sampling
+    return continuous.resolve(rows=rows, prompt_length=s.max_prompt_length, max_new_tokens=s.max_new_tokens,
+                              group_size=config.grpo.group_size, devices=devices, slots=s.slots,
+                              block_size=s.block_size, cache_tokens=s.cache_tokens)
+
+
+def sampler_cache(config: cfg_lib.Config, mc: model_lib.ModelConfig, *, rows: int, devices: int,
+                  engine: str | None = None) -> SamplerCache:
+    """The KV cache one sampler call of `rows` rows holds, per chip, over `devices` devices (rows
+    split over them), by `engine` (default sampling.engine), x `kv_bytes_per_token`:
+        lockstep    every row's P + T slots: ceil(rows / D) x (P + T) tokens per chip
+        continuous  the paged pool: floor(cache_tokens / D / block_size) blocks of block_size tokens
+                    per chip (`continuous_shape`), whatever the rows
+    The prefill's transient dense cache of the prompts (B x P tokens) is not counted in either."""
+    s = config.sampling
+    engine = engine or s.engine
+    per_token = kv_bytes_per_token(mc)
+    if engine == "lockstep":
+        length = s.max_prompt_length + s.max_new_tokens
+        return SamplerCache("lockstep", rows, rows, rows * length, -(-rows // devices) * length * per_token,
+                            devices, 0)
+    slots, budget, prompts = continuous_shape(config, rows=rows, devices=devices)
+    pool = budget // devices // s.block_size * s.block_size  # the pool's token slots on one device
+    return SamplerCache("continuous", rows, slots, budget, pool * per_token, devices, prompts)
+
+
+def slots_that_fit(config: cfg_lib.Config, mc: model_lib.ModelConfig, cache: SamplerCache, pool_bytes: float) -> int:
+    """The most decode slots (over all devices, a multiple of them, at most the call's rows) whose
+    full completions fit a pool of `pool_bytes` per device beside the prompts' blocks, so that no
+    row is ever preempted: per device floor((pool_bytes / kv_bytes_per_token - bs * (1 + prompts *
+    ceil(P / bs))) / T); 0 when not even one does."""
+    s = config.sampling
+    fixed = s.block_size * (1 + cache.prompts * continuous.prompt_blocks(s.max_prompt_length, s.block_size))
+    per_device = int((pool_bytes / kv_bytes_per_token(mc) - fixed) // s.max_new_tokens)
+    return max(0, min(per_device, cache.rows // cache.devices)) * cache.devices
+
+
 # ------------------------------------------------------------------------------------ compile
 class Compiled(NamedTuple):
     ok: bool
@@ -377,6 +445,7 @@ class Programs(NamedTuple):
     model_config: model_lib.ModelConfig
     sampler_rows: int  # rows of the compiled sampler call (config.sampler_chunk_rows)
     shared_group: int  # rows per prompt of the update's shared-prefix forward (1: none)
+    cache: SamplerCache  # the compiled sampler call's KV cache (analytic)
 
 
 def platform_of(topo: Topology) -> str:
@@ -476,6 +545,9 @@ def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) ->
         return compile_one(step_fn, state, second, batch, hp)
 
     sampler_rows = cfg_lib.sampler_chunk_rows(c)  # what one rollout.sample_rows call decodes at once
+    row_devices = mesh.size  # rows are split over every device of the mesh (sharding.batch_sharding)
+    # A sweep program's vmapped sampler is lockstep whatever sampling.engine says (the same samples).
+    cache = sampler_cache(c, mc, rows=sampler_rows, devices=row_devices, engine="lockstep" if lead else None)
 
     def sample():
         n = sampler_rows
@@ -487,13 +559,15 @@ def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) ->
             keys = jax.ShapeDtypeStruct((cells, *key.shape), key.dtype, sharding=replicated)
             return compile_one(program_sampler, state.params, base if lora else None, sds((n, P), jnp.int32),
                                sds((n, P), jnp.int32), keys, cell_scalar)
-        return compile_one(sampling._sample_jit, mc, policy, sds((n, P), jnp.int32), sds((n, P), jnp.int32),
-                           key_sds, jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
-                           jax.ShapeDtypeStruct((len(eos_ids),), jnp.int32, sharding=replicated),
-                           max_new_tokens=T, top_k=c.sampling.top_k, top_p=c.sampling.top_p,
-                           min_p=c.sampling.min_p,
-                           prompt_sharding=prompt_sh, weight_layout=c.sampling.weight_layout,
-                           group_size=g.group_size, logps=False)  # as rollout.generate calls it
+        args = (mc, policy, sds((n, P), jnp.int32), sds((n, P), jnp.int32), key_sds,
+                jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
+                jax.ShapeDtypeStruct((len(eos_ids),), jnp.int32, sharding=replicated))
+        common = dict(max_new_tokens=T, top_k=c.sampling.top_k, top_p=c.sampling.top_p, min_p=c.sampling.min_p,
+                      prompt_sharding=prompt_sh, group_size=g.group_size, logps=False)  # as rollout.generate
+        if cache.engine == "continuous":  # the paged engine at the slots and budget the run resolves
+            return compile_one(continuous._sample_jit, *args, **common, truncated_logps=False, slots=cache.slots,
+                               block_size=c.sampling.block_size, cache_tokens=cache.tokens)
+        return compile_one(sampling._sample_jit, *args, **common, weight_layout=c.sampling.weight_layout)
 
     n = rows(c.train.prompts_per_step)
     batch_bytes = (2 * n * P * 4 + 2 * n * T * 4 + n * 4) // len(topo.devices[: data * fsdp])
@@ -503,7 +577,7 @@ def build_programs(config: cfg_lib.Config, topo: Topology, *, cells: int = 1) ->
                 "opt_state": per_chip_bytes(opt_state) * per_cell,
                 "reference": per_chip_bytes(second) if use_reference and not lora else 0,
                 "batch": batch_bytes * per_cell, "mesh": (data, fsdp)}
-    return Programs(train, sample, resident, mc, sampler_rows, pure_step.shared_group_size)
+    return Programs(train, sample, resident, mc, sampler_rows, pure_step.shared_group_size, cache)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -623,6 +697,25 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None, c
                + ("heads split" if whole else f"replicated ({mc.num_heads}/{mc.num_kv_heads} heads do not "
                                                f"divide {fsdp})"))
     say(f"  sampler weights: {layout} ({how})")
+    kv = progs.cache
+    per_token = kv_bytes_per_token(mc)
+    kv_line = (f"  sampler KV cache: {kv.engine}, {_gib(kv.per_chip)} GiB per chip ({kv.tokens:,} tokens over "
+               f"{kv.devices} chip(s) x {per_token / 1024:g} KiB per token: L x 2 x KV x hd x {mc.dtype}; ")
+    slots_fit = None
+    if kv.engine == "lockstep":
+        say(kv_line + f"{kv.rows} rows x (P + T) = {P + T})")
+    else:
+        sc = config.sampling
+        say(kv_line + f"a paged pool of {kv.per_chip // per_token:,} tokens per chip in blocks of {sc.block_size}, "
+            + ("sampling.cache_tokens" if sc.cache_tokens else "the default budget: no row is ever preempted")
+            + f"); {kv.slots} decode slots over {kv.rows} rows per call (lockstep would hold "
+            f"{_gib(sampler_cache(config, mc, rows=kv.rows, devices=kv.devices, engine='lockstep').per_chip)} GiB)")
+        budget_slots = slots_that_fit(config, mc, kv, kv.per_chip)
+        if sp.ok:  # the pool's share of the sampler's peak is the part the slot count moves
+            slots_fit = slots_that_fit(config, mc, kv, hbm - (sample_peak - kv.per_chip))
+        say(f"  sampler slots: {budget_slots} run without preemption in this budget"
+            + (f"; {slots_fit} fit in {hbm / GiB:.2f} GiB per chip beside the rest of the sampler's peak "
+               f"(sampling.slots, with sampling.cache_tokens=0)" if slots_fit is not None else ""))
     if sp.ok:
         say(f"  sampler:    args {_gib(sp.args)}, temporaries {_gib(sp.temp)}, code {_gib(sp.code)} -> peak {_gib(sp.peak)}"
             f" + resident {_gib(beside)} = {_gib(sample_peak)}"
@@ -682,8 +775,13 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None, c
         f"  [{how}; multiples of {unit}]")
     if not fits:  # what shrinks the phase that does not fit
         if sample_peak > train_peak:
-            say("to fit the sampler: lower sampling.batch_size (rows per sampler call, whole groups), use "
-                "sampling.weight_layout=tensor, mesh.fsdp, or model.dtype=bfloat16 (a bf16 KV cache)")
+            if config.sampling.engine == "continuous":
+                say("to fit the sampler: lower sampling.slots (the pool holds a full completion per slot) or "
+                    "sampling.cache_tokens, lower sampling.batch_size, or model.dtype=bfloat16 (a bf16 KV cache)")
+            else:
+                say("to fit the sampler: lower sampling.batch_size (rows per sampler call, whole groups), use "
+                    "sampling.engine=continuous with fewer sampling.slots than rows (a paged KV cache), "
+                    "sampling.weight_layout=tensor, mesh.fsdp, or model.dtype=bfloat16 (a bf16 KV cache)")
         else:
             say("to fit the train step: raise train.num_minibatches (gradient accumulation), use "
                 "model.scan_layers=true with model.remat=full, model.attention=auto (a flash kernel), mesh.fsdp, "
@@ -709,7 +807,9 @@ def plan(config: cfg_lib.Config, topo: Topology, *, search: int = 0, out=None, c
               "params_gib": (res["weights"] + res["adapters"]) / GiB, "opt_state_gib": res["opt_state"] / GiB,
               "flops_per_step": total_flops, "compile_s": compile_s,
               "max_prompts_per_step": max_b, "remat": tr.remat + sp.remat,
-              "train_peak_gib": train_peak / GiB, "sample_peak_gib": sample_peak / GiB}
+              "train_peak_gib": train_peak / GiB, "sample_peak_gib": sample_peak / GiB,
+              "sampler_engine": kv.engine, "kv_cache_gib": kv.per_chip / GiB, "sampler_slots": kv.slots,
+              "slots_that_fit": slots_fit}
     say(f"RESULT fits={'true' if fits else 'false'} per_chip_gib={per_chip / GiB:.4g} hbm_gib={hbm / GiB:.4g} "
         f"temp_gib={result['temp_gib']:.4g} params_gib={result['params_gib']:.4g} "
         f"opt_state_gib={result['opt_state_gib']:.4g} flops_per_step={total_flops:.4g} compile_s={compile_s:.1f}"

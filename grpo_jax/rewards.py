@@ -663,6 +663,8 @@ def from_config(config, task) -> dict[str, Callable[[str, Any], float]]:
             continue
         if name == "correctness":
             verifiers[name] = task.correct
+        elif name == "format" and getattr(task, "format", None) is not None:  # the task's own (code: one block)
+            verifiers[name] = lambda completion, example, score=task.format: score(completion)
         elif name == "format":
             verifiers[name] = lambda completion, example, style=task.style: format_reward(completion, style=style)
         elif name in ("code_tests", "code_format"):

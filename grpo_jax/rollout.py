@@ -1,8 +1,8 @@
 """One GRPO step's batch, on the host: sample, decode, score, and (DAPO) keep only groups with signal.
 
-    generate   B prompts x G completions: jitted, sharded sampler calls (`sampling.sample`) over chunks
-               of `sampling.batch_size` rows (`sample_rows`), one host round trip each, then the
-               verifiers (`score`)
+    generate   B prompts x G completions: jitted, sharded sampler calls (`sampling.sample`, with the
+               `sampling.engine` decode engine) over chunks of `sampling.batch_size` rows
+               (`sample_rows`), one host round trip each, then the verifiers (`score`)
     score      rewards on process 0 only, broadcast to every process: scored independently on each
                host, a verifier's wall-clock limit could let two hosts disagree, and the sharded
                update would silently mix their advantages
@@ -113,7 +113,8 @@ def sample_rows(s: Setup, params, ptok: np.ndarray, pmask: np.ndarray, key) -> t
                                   temperature=c.sampling.temperature, top_k=c.sampling.top_k,
                                   top_p=c.sampling.top_p, min_p=c.sampling.min_p,
                                   weight_layout=c.sampling.weight_layout,
-                                  group_size=c.grpo.group_size, logps=False)  # one prefill per prompt
+                                  group_size=c.grpo.group_size, logps=False,  # one prefill per prompt
+                                  **eval_lib.engine_options(c, rows))  # sampling.engine: the same samples
         return rollout.tokens, rollout.mask  # training rescores: no sampler log-probs
 
     parts, pending = [], launch(0)

@@ -17,8 +17,11 @@ Sampling (one jitted program): for N left-padded prompts [N, P] and T = max_new_
               tokens with prob >= min_p x the most likely one's), as in HF generate; the kept set is
               grpo_jax.truncation.keep_mask (ties at a cut kept together).
               temperature = 0 is greedy: y_t = argmax logits_t (no filter, no randomness).
-              The key for step t is fold_in(key, t): the same key gives the same samples, and a
-              step's randomness does not depend on how many steps ran before an early exit.
+              Token t of row n is drawn with the key fold_in(fold_in(key, n), t) (`row_keys`): a
+              row's stream depends only on (key, row id, position), so the same key gives the same
+              samples whatever the batch, the mesh, an early exit, or the engine (lockstep here,
+              continuous batching in grpo_jax.continuous). (Until 2026-12-08 step t used one key
+              fold_in(key, t) for all rows: the same key gave other samples then.)
     stop:     a row is finished once it has emitted one of eos_id; finished rows stop changing
               (they emit eos_id[0] with mask 0 and logp 0), and the loop exits as soon as every row
               has finished (or after T tokens).
@@ -84,6 +87,11 @@ params, bf16 compute, 128 rows, 256 + 512 tokens): sampler peak per chip 2.05 Gi
 0.86 GiB tensor (the full 28 layers: 5.54 GiB replicated, benchmarks/README.md; ~1.5 GiB tensor
 extrapolated from 2 and 4 layers, not compiled).
 
+Engines (`sample(engine=...)`, config key sampling.engine): "lockstep" is the loop above (every row of
+a call decodes until the last one ends or hits T); "continuous" (grpo_jax.continuous) decodes S slots
+refilled from a queue of the rows over a paged KV cache, so finished rows stop costing compute and
+cache. The per-row streams above make their samples the same (tokens equal, log-probs to round-off).
+
 Jit: `sample` is a thin Python wrapper over one jitted function whose static arguments are config,
 max_new_tokens, top_k, top_p, min_p, the prompt sharding, weight_layout, group_size, logps and
 truncated_logps; temperature
@@ -105,6 +113,9 @@ from grpo_jax.losses import token_logps
 # Where the sampler keeps the weights on a mesh (config key sampling.weight_layout; module docstring):
 # replicated: one full copy per chip; tensor: tensor-parallel over the mesh axis "fsdp".
 WEIGHT_LAYOUTS = ("replicated", "tensor")
+# Decode engines (config key sampling.engine): lockstep = this module (all rows until the last ends);
+# continuous = grpo_jax.continuous (slots refilled from a queue of rows, paged KV cache). Same samples.
+ENGINES = ("lockstep", "continuous")
 
 
 class Rollout(NamedTuple):
@@ -115,12 +126,22 @@ class Rollout(NamedTuple):
     logps: jax.Array
 
 
-def _choose(logits, key, temperature, *, trunc: truncation.Truncation) -> tuple[jax.Array, jax.Array]:
-    """Next token per row from logits f32[N, V]: greedy when temperature == 0, else sampled from the
-    truncated, renormalised tempered distribution. Returns (tokens i32[N], the filtered tempered
-    logits f32[N, V] drawn from: truncation.filter_logits, dropped tokens at -inf)."""
+def row_keys(key: jax.Array, rows: jax.Array, positions: jax.Array) -> jax.Array:
+    """The key of token `positions[n]` of row `rows[n]`: fold_in(fold_in(key, row), position).
+
+    Each row's random stream is a function of (the call's key, its row id, the token's index) only,
+    never of the batch it decodes in: the lockstep and continuous engines (grpo_jax.continuous) draw
+    the same tokens whatever the slot count, the order rows finish in or the mesh."""
+    return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(key, r), t))(rows, positions)
+
+
+def _choose(logits, keys, temperature, *, trunc: truncation.Truncation) -> tuple[jax.Array, jax.Array]:
+    """Next token per row from logits f32[N, V] with per-row keys [N] (`row_keys`): greedy when
+    temperature == 0, else sampled from the truncated, renormalised tempered distribution. Returns
+    (tokens i32[N], the filtered tempered logits f32[N, V] drawn from: truncation.filter_logits,
+    dropped tokens at -inf)."""
     scaled = truncation.filter_logits(logits / jnp.where(temperature > 0, temperature, 1.0), trunc)
-    sampled = jax.random.categorical(key, scaled, axis=-1)
+    sampled = jax.vmap(jax.random.categorical)(keys, scaled)
     greedy = jnp.argmax(logits, axis=-1)  # the most likely token: always in the kept set
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32), scaled
 
@@ -256,10 +277,12 @@ def _sample(config, params, prompt_tokens, prompt_mask, key, temperature, eos_id
         logits = constrain(jnp.repeat(logits, group_size, axis=0))
 
     pad = eos_ids[0]
+    row_ids = constrain(jnp.arange(n, dtype=jnp.int32))
 
     def emit(t, logits, done, tokens, mask, logps):
         """Draw token t from logits [N, V] for rows not done; record it; update done."""
-        tok, filtered = _choose(logits, jax.random.fold_in(key, t), temperature, trunc=trunc)
+        tok, filtered = _choose(logits, row_keys(key, row_ids, jnp.full((n,), t, jnp.int32)), temperature,
+                                trunc=trunc)
         alive = ~done
         tok = jnp.where(alive, tok, pad)
         tokens = tokens.at[:, t].set(tok)
@@ -340,7 +363,8 @@ def sample_traced(config: model_lib.ModelConfig, params, prompt_tokens: jax.Arra
 def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
            key: jax.Array, *, max_new_tokens: int, eos_id, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, weight_layout: str = "replicated", group_size: int = 1,
-           logps: bool = True, min_p: float = 0.0, truncated_logps: bool = False) -> Rollout:
+           logps: bool = True, min_p: float = 0.0, truncated_logps: bool = False, engine: str = "lockstep",
+           slots: int = 0, block_size: int = 16, cache_tokens: int = 0) -> Rollout:
     """Sample T = max_new_tokens tokens for each left-padded prompt (see the module docstring).
 
     prompt_tokens i32[N, P], prompt_mask [N, P] (1 = real token); eos_id: an int or a tuple of ints
@@ -357,7 +381,20 @@ def sample(config: model_lib.ModelConfig, params, prompt_tokens: jax.Array, prom
     truncated, renormalised distribution each token was drawn from (truncation.truncated_token_logps,
     what the trainer scores with sampling.truncated_logps); False: of the full tempered distribution
     (losses.token_logps). Static.
+    engine: one of ENGINES (config key sampling.engine). "continuous": continuous batching over a
+    paged KV cache with `slots` decode slots (0 = N), `block_size`-token blocks and a pool of
+    `cache_tokens` tokens (0 = enough that no row is ever preempted): grpo_jax.continuous, the same
+    samples (per-row streams), faster where completion lengths are long-tailed. Static.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: expected one of {ENGINES}")
+    if engine == "continuous":
+        from grpo_jax import continuous  # imports this module
+
+        return continuous.sample(config, params, prompt_tokens, prompt_mask, key, max_new_tokens=max_new_tokens,
+                                 eos_id=eos_id, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 group_size=group_size, logps=logps, truncated_logps=truncated_logps, slots=slots,
+                                 block_size=block_size, cache_tokens=cache_tokens, weight_layout=weight_layout)[0]
     eos_ids = (int(eos_id),) if np.ndim(eos_id) == 0 else tuple(int(e) for e in eos_id)
     if not eos_ids:
         raise ValueError("eos_id must be an int or a non-empty tuple of ints")

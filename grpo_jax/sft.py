@@ -276,7 +276,7 @@ def warm_start(s, log, *, donate: bool = False):
             max_prompt_length=c.sampling.max_prompt_length, max_new_tokens=c.sampling.max_new_tokens,
             put=s.put, chat=c.task.chat_template, system=c.task.system_prompt,
             eos_ids=s.eos_ids, weight_layout=c.sampling.weight_layout,
-            length_buckets=c.train.length_buckets)["eval_accuracy"]
+            length_buckets=c.train.length_buckets, **evaluate_lib.engine_options(c))["eval_accuracy"]
         log(step, {"sft_validation_accuracy": accuracy})
         if accuracy >= c.sft.stop_accuracy:
             print(f"SFT stopped at step {step}: validation accuracy {accuracy:.3f} >= "

@@ -308,6 +308,7 @@ def program_functions(c0, mc: model_lib.ModelConfig, optimizer: optax.GradientTr
 
     def sample_cells(params, frozen, ptok, pmask, step_keys, temps):
         def one(p, t, m, k, temp):
+            # Lockstep whatever sampling.engine says: the engines draw the same samples (per-row streams).
             r = sampling.sample_traced(mc, model_lib.merge_lora(frozen, p) if lora else p, t, m, k,
                                        max_new_tokens=sp.max_new_tokens, eos_id=eos_ids, temperature=temp,
                                        top_k=sp.top_k, top_p=sp.top_p, min_p=sp.min_p, group_size=g.group_size,

@@ -84,6 +84,20 @@ def test_task_from_config():
     assert task.prompt(e) == e.prompt  # no answer-style instruction: the prompt asks for a code block
 
 
+@needs_sandbox
+def test_format_of_the_code_task_is_one_fenced_block():
+    # Before: eval_format and the "format" reward scored code in the math answer style (0 for every
+    # program: the code runs logged eval_format 0.0 with 100 % of completions one fenced block).
+    config = cfg_lib.Config()
+    config.task.name, config.task.eval_size = "code", 4
+    config.rewards.weights = {"correctness": 1.0, "format": 0.5}
+    task = tasks.from_config(config)
+    one_block = _fenced("def add_k(x):\n    return x + 7\n")
+    assert task.format(one_block) == 1.0 and task.format(one_block + one_block) == 0.0
+    verifiers = rewards_lib.from_config(config, task)
+    assert verifiers["format"](one_block, ADD7) == 1.0
+
+
 def test_config_validation_accepts_code_names_and_rejects_typos():
     config = cfg_lib.Config()
     config.task.name = "code"

@@ -89,5 +89,7 @@ def test_bring_your_own_nnx_model_learns_through_the_train_step_and_sampler():
         batch = ts.Batch(prompts, pmask, rollout.tokens, rollout.mask, adv_lib.group_advantages(rewards, 8))
         train_state, metrics = step(train_state, ref, batch, hp)
         assert np.isfinite(float(metrics["loss"]))
-    # Measured: 0.074 at the start, 0.56 at step 8, 1.0 from step 14 on.
-    assert history[0] < 0.2 and np.mean(history[-3:]) > 0.9, history
+    # Measured (per-row sampling streams, 2026-12-08): 0.078 at the start, 0.53 at step 6, 0.86-0.88
+    # from step 9 on (most rows then say 7 at every token but the first; tied groups give no signal).
+    # With one key per step before: 0.074, 0.56 at step 8, 1.0 from step 14 on.
+    assert history[0] < 0.2 and np.mean(history[-3:]) > 0.8, [round(h, 3) for h in history]

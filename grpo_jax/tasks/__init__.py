@@ -46,6 +46,9 @@ class Task(NamedTuple):
     correct: Callable[[str, Example], float]  # the correctness verifier
     train_records: list | None = None  # a dataset's training problems (None: a generated task)
     seed: int = 0
+    # The format score (completion -> [0, 1]) of eval's eval_format and the "format" reward; None =
+    # rewards.format_reward in `style`. The code task's: one fenced code block (tasks.code.code_format).
+    format: Callable[[str], float] | None = None
 
 
 def normalized_problem(text: str) -> str:
@@ -206,7 +209,7 @@ def _code(config) -> Task:
                             correct=correct)
     else:
         task = _generated_task(config, code.example, correct=correct)
-    return task._replace(prompt=lambda e: e.prompt)
+    return task._replace(prompt=lambda e: e.prompt, format=code.code_format)
 
 
 def code_timeout(config) -> float:
