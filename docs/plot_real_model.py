@@ -45,6 +45,10 @@ def main():
     parser.add_argument("--out", default="docs/smollm2_addition.png")
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--max-step", type=int, default=None)
+    parser.add_argument("--cores", type=int, default=2, help="CPU cores each run had (the axis label)")
+    parser.add_argument("--no-format", action="store_true",
+                        help="leave out eval_format (runs of the code task before 2026-12-08 logged the math "
+                             "answer style's format score for programs: 0)")
     args = parser.parse_args()
 
     runs = []
@@ -66,18 +70,19 @@ def main():
             print(f"{label}: step {r['step']:4d}  {m:6.1f} GRPO min  accuracy {r['eval_accuracy']:.3f}  "
                   f"format {r.get('eval_format', float('nan')):.3f}  length {r.get('eval_length', float('nan')):.1f}")
         line, = axes[0].plot([m for m, _ in evals], [r["eval_accuracy"] for _, r in evals], "o-", label=label)
-        axes[0].plot([m for m, r in evals if "eval_format" in r],
-                     [r["eval_format"] for _, r in evals if "eval_format" in r], "s--", color=line.get_color(),
+        with_format = [(m, r) for m, r in evals if "eval_format" in r and not args.no_format]
+        axes[0].plot([m for m, r in with_format],
+                     [r["eval_format"] for _, r in with_format], "s--", color=line.get_color(),
                      alpha=0.6, label=f"{label}: format")
         steps = [(m, r) for m, r in zip(t, rows) if "reward_correctness" in r]
         tm = smooth([m for m, _ in steps], args.window)
         for ax, key in zip(axes[1:], ["reward_correctness", "kl", "completion_length"]):
             ax.plot(tm, smooth([r[key] for _, r in steps], args.window), color=line.get_color(), label=label)
-    titles = ["held-out greedy accuracy (o) and format (s)", "training correctness (moving avg)",
+    titles = ["held-out greedy accuracy (o)" + ("" if args.no_format else " and format (s)"), "training correctness (moving avg)",
               "KL to the reference (k3)", "completion length (tokens)"]
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("GRPO minutes on 2 CPU cores")
+        ax.set_xlabel(f"GRPO minutes on {args.cores} CPU core{'s' if args.cores > 1 else ''}")
         ax.grid(alpha=0.3)
     axes[0].set_ylim(0, 1)
     axes[0].legend(fontsize=7)
