@@ -75,8 +75,8 @@ def generate(model_config, params, tokenizer, prompts, *, key, batch_size, max_p
     train.length_buckets): each batch's prompts cut to its longest, rounded up to a bucket of
     `max_prompt_length` (`buckets.trim_prompts`: a few sampler shapes, not one per batch).
     `engine`, `slots`, `block_size`, `cache_tokens`: the decode engine (config keys sampling.engine,
-    ...; `engine_options(config)`): the same completions with either engine; slots above
-    `batch_size` (the rows of each call) are clamped to it.
+    ...; `engine_options(config)`): the same completions with either engine (continuous.sample
+    clamps the slots to the rows of each call).
     """
     eos_ids = tok_lib.eos_token_ids(tokenizer) if eos_ids is None else eos_ids
     out = []
@@ -88,7 +88,7 @@ def generate(model_config, params, tokenizer, prompts, *, key, batch_size, max_p
         rollout = sampling.sample(model_config, params, put(ptok), put(pmask), jax.random.fold_in(key, i),
                                   max_new_tokens=max_new_tokens, eos_id=eos_ids,
                                   temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  weight_layout=weight_layout, engine=engine, slots=min(slots, batch_size),
+                                  weight_layout=weight_layout, engine=engine, slots=slots,
                                   block_size=block_size, cache_tokens=cache_tokens)
         tokens, mask = to_host((rollout.tokens, rollout.mask))
         out += tok_lib.decode_completions(tokenizer, tokens, mask, eos_id=eos_ids)[:real]
@@ -139,10 +139,10 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
                   block_size=block_size, cache_tokens=cache_tokens)
     greedy = generate(model_config, params, tokenizer, prompts, key=key, temperature=0.0, **common)
 
-    style_known = task.style in rewards_lib.STYLES  # a user's task may name a style of its own
-    # the task's own format score (the code task: one fenced block), else the answer style's
-    format_score = task.format or (lambda c: rewards_lib.format_reward(c, style=task.style))
-    style_known = style_known or task.format is not None
+    # the task's own format score (the code task: one fenced block), else its answer style's; none for
+    # a style of a user's own
+    format_score = task.format or (
+        (lambda c: rewards_lib.format_reward(c, style=task.style)) if task.style in rewards_lib.STYLES else None)
 
     scored = []
 
@@ -151,7 +151,7 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
         scored.append(np.asarray(correct, np.float32))
         out = {"eval_accuracy": float(np.mean(correct)), "eval_examples": len(examples),
                "eval_length": float(np.mean([len(tokenizer.encode(c, add_special_tokens=False)) for c in greedy]))}
-        if style_known:
+        if format_score is not None:
             out["eval_format"] = float(np.mean([format_score(c) for c in greedy]))
         if pass_k > 0:
             ok = np.array([task.correct(c, e) for c, e in zip(samples, [e for e in examples for _ in range(pass_k)])])
@@ -165,7 +165,7 @@ def evaluate(model_config, params, tokenizer, task, *, key, batch_size, max_prom
         repeated = [p for p in prompts for _ in range(pass_k)]  # problem-major
         samples = generate(model_config, params, tokenizer, repeated, key=jax.random.fold_in(key, 1),
                            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, **common)
-    keys = (["eval_accuracy", "eval_examples", "eval_length"] + (["eval_format"] if style_known else [])
+    keys = (["eval_accuracy", "eval_examples", "eval_length"] + (["eval_format"] if format_score is not None else [])
             + ([f"eval_pass@{pass_k}", f"eval_maj@{pass_k}"] if pass_k > 0 else []))
     out = on_process_zero(score, keys)
     if per_problem:
